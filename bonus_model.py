@@ -1,0 +1,54 @@
+"""The bonus detector: a compact CNN chosen for test AUC per parameter on fakes_dataset (about 25 k parameters).
+
+Design, for artefacts rather than semantics: a face swap leaves seams, blur and colour shifts, and a GAN leaves
+periodic upsampling traces; all are local, so a narrow stack of depthwise-separable blocks with BatchNorm and global
+average pooling sees enough, and no large fully connected layer is needed (SimpleNet spends 98 % of its 16.9 M
+parameters in fc1). The stem keeps full resolution for one layer so high-frequency traces are not averaged away.
+
+    python train_main.py -d fakes_dataset -m Bonus -e 10      # also publishes checkpoints/bonus.pt
+    python bonus_main.py                                       # test AUC and parameter count
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from common import BONUS_CHECKPOINT
+
+
+def _separable(in_ch: int, out_ch: int, stride: int) -> nn.Sequential:
+    """Depthwise 3x3 (stride) + pointwise 1x1, each with BatchNorm, ReLU after."""
+    return nn.Sequential(
+        nn.Conv2d(in_ch, in_ch, 3, stride, 1, groups=in_ch, bias=False),
+        nn.BatchNorm2d(in_ch),
+        nn.Conv2d(in_ch, out_ch, 1, bias=False),
+        nn.BatchNorm2d(out_ch),
+        nn.ReLU(inplace=True),
+    )
+
+
+class BonusNet(nn.Module):
+    """Stem 3->16 (full resolution), five separable blocks down to 1/32, global average pool, dropout, linear 128->2."""
+
+    def __init__(self, widths: tuple[int, ...] = (16, 24, 32, 64, 96, 128), dropout: float = 0.2):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        self.blocks = nn.Sequential(*[_separable(a, b, 2) for a, b in zip(widths[:-1], widths[1:])])
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(widths[-1], 2))
+
+    def cam_layer(self) -> nn.Module:
+        """Grad-CAM target: the last separable block."""
+        return self.blocks[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)))
+
+
+def my_bonus_model(checkpoint: str | Path = BONUS_CHECKPOINT, device: torch.device | str = "cpu") -> nn.Module:
+    """The trained bonus model from checkpoints/bonus.pt, in eval mode (the assignment's entry point)."""
+    from models import load_model_from_checkpoint  # local import: models imports BonusNet from here
+
+    model, _ = load_model_from_checkpoint(checkpoint, device=device, expected_model="Bonus")
+    return model

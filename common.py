@@ -1,0 +1,46 @@
+"""Paths, names and defaults shared by every script of the suite (one place to change them).
+
+Environment overrides, handy on Colab or in tests:
+  FMD_DATA_ROOT   folder that holds fakes_dataset/ and synthetic_dataset/ (default: <repo>/data)
+  FMD_WORK_DIR    folder under which out/, checkpoints/ and figures/ are written (default: <repo>)
+  FMD_WEIGHTS_DIR folder searched first for pretrained ImageNet weights (see xception.py / models.py)
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent
+DATA_ROOT = Path(os.environ.get("FMD_DATA_ROOT", REPO_ROOT / "data"))
+WORK_DIR = Path(os.environ.get("FMD_WORK_DIR", REPO_ROOT))
+OUT_DIR = WORK_DIR / "out"
+CHECKPOINT_DIR = WORK_DIR / "checkpoints"
+FIGURES_DIR = WORK_DIR / "figures"
+
+DATASETS = ("fakes_dataset", "synthetic_dataset")
+SPLITS = ("train", "val", "test")
+CLASS_NAMES = ("real", "fake")  # label 0 = real, 1 = fake / synthetic
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+DEMO_MARKER = "DEMO_DATA.txt"  # written by tools/make_demo_dataset.py at the data root
+
+IMAGE_SIZE = 256
+# The assignment's transforms normalise with mean = std = 0.5, which is also what the ImageNet Xception expects.
+NORM_MEAN = (0.5, 0.5, 0.5)
+NORM_STD = (0.5, 0.5, 0.5)
+
+# Training defaults: the assignment's "python train_main.py ... --lr 0.001 -b 32 -e 5 -o Adam".
+DEFAULT_SEED = 42
+DEFAULT_LR = 1e-3
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_EPOCHS = 5
+DEFAULT_OPTIMIZER = "Adam"
+DEFAULT_MOMENTUM = 0.9
+OPTIMIZERS = ("SGD", "Adam", "AdamW")
+
+# Adversarial defaults (pixel units on the [0, 1] scale).
+DEFAULT_EPS = 8 / 255
+DEFAULT_ALPHA = 2 / 255
+DEFAULT_PGD_STEPS = 10
+ROBUSTNESS_EPSILONS = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255)
+
+BONUS_CHECKPOINT = CHECKPOINT_DIR / "bonus.pt"
