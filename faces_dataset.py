@@ -77,13 +77,18 @@ class FacesDataset(Dataset):
         return image, label
 
 
-CATALOG_COLUMNS = ("path", "source", "frame_index", "timestamp", "x1", "y1", "x2", "y2", "prob", "label")
+CATALOG_COLUMNS = ("path", "source", "frame_index", "timestamp", "x1", "y1", "x2", "y2", "prob", "label", "split")
 
 
 class CatalogDataset(Dataset):
-    """Face crops listed in a catalog.csv written by tools/face_preprocess.py (rows with an empty label are skipped)."""
+    """Face crops listed in a catalog.csv written by tools/face_preprocess.py (rows with an empty label are skipped).
 
-    def __init__(self, csv_path: str | Path, transform: Callable[[Image.Image], Any] | None = None):
+    `split` keeps only the rows of that split (train/val/test), which face_preprocess.py assigns per source video.
+    """
+
+    def __init__(
+        self, csv_path: str | Path, transform: Callable[[Image.Image], Any] | None = None, split: str | None = None
+    ):
         self.csv_path = Path(csv_path)
         self.transform = transform
         if not self.csv_path.is_file():
@@ -93,9 +98,14 @@ class CatalogDataset(Dataset):
             missing = {"path", "label"} - set(reader.fieldnames or [])
             if missing:
                 raise DatasetError(f"catalog {self.csv_path} lacks the column(s) {', '.join(sorted(missing))}")
-            rows = [r for r in reader if r["label"] not in ("", None)]
+            if split is not None and "split" not in (reader.fieldnames or []):
+                raise DatasetError(f"catalog {self.csv_path} has no split column; run face_preprocess.py with --split")
+            rows = [r for r in reader if r["label"] not in ("", None) and (split is None or r["split"] == split)]
         if not rows:
-            raise DatasetError(f"catalog {self.csv_path} has no labelled rows (run face_preprocess.py with --label-from folder)")
+            which = f" in split {split!r}" if split else ""
+            raise DatasetError(
+                f"catalog {self.csv_path} has no labelled rows{which} (run face_preprocess.py with --label-from folder)"
+            )
         self.paths = [self._resolve(r["path"]) for r in rows]
         try:
             self._labels = [int(r["label"]) for r in rows]

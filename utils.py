@@ -165,11 +165,10 @@ def make_loader(
     shuffle: bool,
     device: torch.device,
     num_workers: int | None = None,
-    seed: int | None = None,
+    generator: torch.Generator | None = None,
 ) -> DataLoader:
-    """A DataLoader with workers and pin_memory chosen for the device, and a seeded shuffle."""
+    """A DataLoader with workers and pin_memory chosen for the device; `generator` makes the shuffle reproducible."""
     workers = default_num_workers() if num_workers is None else num_workers
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -267,3 +266,25 @@ def resolve_pretrained_weights(
         f"pretrained {what} weights not found: put {filenames[0]}{source} in one of [{searched}] "
         "or pass --weights PATH, or use --no-pretrained to start from random weights"
     )
+
+
+def new_figure(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
+    """plt.subplots on the non-interactive Agg backend (scripts only write files; works headless and on Colab)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(*args, **kwargs)
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Save a matplotlib figure (creating its folder), close it, and say where it went."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    print(f"saved {path}")
+    return path

@@ -1,0 +1,167 @@
+"""White-box attacks on a real/fake detector: FGSM, PGD (L-inf) and Carlini-Wagner (L2).
+
+Images, budgets and results are in pixel units on the [0, 1] scale (eps = 8/255 means 8 grey levels), although the
+detectors see normalised inputs: each attack wraps the model with the normalisation (NormalizedModel), so the budget
+means what a user thinks it means. Untargeted attacks push an image away from its true label; targeted ones
+(targeted=True, labels = the wanted class, e.g. 0 "real" for a fake face) pull it towards that label.
+The model's train/eval mode and its parameters' requires_grad and .grad are left as they were.
+
+    from attacks import pgd_attack
+    x_adv = pgd_attack(model, x01, labels, eps=8/255, alpha=2/255, steps=10)
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common import DEFAULT_ALPHA, DEFAULT_EPS, DEFAULT_PGD_STEPS, NORM_MEAN, NORM_STD
+from utils import normalize
+
+ATTACKS = ("fgsm", "pgd", "cw")
+
+
+class NormalizedModel(nn.Module):
+    """model(normalize(x)): lets attacks work on [0, 1] pixels."""
+
+    def __init__(self, model: nn.Module, mean=NORM_MEAN, std=NORM_STD):
+        super().__init__()
+        self.model, self.mean, self.std = model, mean, std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(normalize(x, self.mean, self.std))
+
+
+@contextmanager
+def frozen_eval(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no parameter gradients inside; the previous mode and requires_grad flags are restored after."""
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def _input_gradient(net: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Gradient of the summed cross-entropy w.r.t. the input (never touches parameter .grad)."""
+    x = x.detach().requires_grad_(True)
+    loss = F.cross_entropy(net(x), labels, reduction="sum")
+    (grad,) = torch.autograd.grad(loss, x)
+    return grad
+
+
+def fgsm_attack(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float = DEFAULT_EPS, targeted: bool = False,
+    mean=NORM_MEAN, std=NORM_STD,
+) -> torch.Tensor:
+    """Fast Gradient Sign Method (Goodfellow et al., 2014, arXiv:1412.6572): one step of size eps along sign(grad).
+
+    images: (B,3,H,W) in [0,1]; labels: (B,) true labels (or target labels when targeted). Returns (B,3,H,W) in [0,1].
+    """
+    net = NormalizedModel(model, mean, std)
+    with frozen_eval(model):
+        grad = _input_gradient(net, images, labels)
+    direction = -grad.sign() if targeted else grad.sign()
+    return (images + eps * direction).clamp(0, 1).detach()
+
+
+def pgd_attack(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float = DEFAULT_EPS, alpha: float = DEFAULT_ALPHA,
+    steps: int = DEFAULT_PGD_STEPS, random_start: bool = True, targeted: bool = False, mean=NORM_MEAN, std=NORM_STD,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Projected Gradient Descent, L-inf (Madry et al., 2017, arXiv:1706.06083).
+
+    Starts at a uniform random point of the eps-ball (random_start), takes `steps` signed-gradient steps of size alpha,
+    and after each projects onto the eps-ball around `images` and onto [0,1]. Costs `steps` forward/backward passes.
+    """
+    net = NormalizedModel(model, mean, std)
+    x0 = images.detach()
+    x = x0.clone()
+    if random_start:
+        noise = torch.rand(x0.shape, generator=generator, device="cpu" if generator is not None else x0.device)
+        x = (x + (noise.to(x0.device) * 2 - 1) * eps).clamp(0, 1)
+    with frozen_eval(model):
+        for _ in range(steps):
+            grad = _input_gradient(net, x, labels)
+            step = -grad.sign() if targeted else grad.sign()
+            x = x + alpha * step
+            x = torch.min(torch.max(x, x0 - eps), x0 + eps).clamp(0, 1)
+    return x.detach()
+
+
+def _cw_margin(logits: torch.Tensor, labels: torch.Tensor, targeted: bool, kappa: float) -> torch.Tensor:
+    """C&W's f: how far the sample is from success (<= -kappa means the attack has succeeded with margin kappa)."""
+    one_hot = F.one_hot(labels, logits.shape[1]).bool()
+    own = logits[one_hot]
+    other = logits.masked_fill(one_hot, float("-inf")).amax(dim=1)
+    margin = other - own if targeted else own - other
+    return margin.clamp(min=-kappa)
+
+
+def cw_attack(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, c: float = 1.0, kappa: float = 0.0, steps: int = 100,
+    lr: float = 0.01, binary_search_steps: int = 5, targeted: bool = False, mean=NORM_MEAN, std=NORM_STD,
+) -> torch.Tensor:
+    """Carlini-Wagner L2 (Carlini & Wagner, 2017, arXiv:1608.04644).
+
+    Minimises ||x' - x||_2^2 + c * f(x') with x' = (tanh(w) + 1) / 2 (always inside [0,1]) by Adam, and binary-searches
+    c per sample over `binary_search_steps` rounds. Returns the smallest successful x' per sample, or the clean image
+    where no round succeeded (check success with the model).
+    """
+    net = NormalizedModel(model, mean, std)
+    x0 = images.detach()
+    B = x0.shape[0]
+    lower = torch.zeros(B, device=x0.device)
+    upper = torch.full((B,), 1e10, device=x0.device)
+    const = torch.full((B,), float(c), device=x0.device)
+    best_l2 = torch.full((B,), float("inf"), device=x0.device)
+    best_adv = x0.clone()
+    w0 = torch.atanh((x0 * 2 - 1).clamp(-1 + 1e-6, 1 - 1e-6))
+    with frozen_eval(model):
+        for _ in range(binary_search_steps):
+            w = w0.clone().requires_grad_(True)
+            opt = torch.optim.Adam([w], lr=lr)
+            succeeded = torch.zeros(B, dtype=torch.bool, device=x0.device)
+            for _ in range(steps):
+                x = (torch.tanh(w) + 1) / 2
+                l2 = (x - x0).flatten(1).pow(2).sum(1)
+                margin = _cw_margin(net(x), labels, targeted, kappa)
+                loss = (l2 + const * margin).sum()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    success = margin <= -kappa if kappa > 0 else margin < 0
+                    improved = success & (l2 < best_l2)
+                    best_l2 = torch.where(improved, l2, best_l2)
+                    best_adv[improved] = x[improved].detach()
+                    succeeded |= success
+            # binary search on c: smaller where we succeeded, larger where we did not
+            upper = torch.where(succeeded, torch.minimum(upper, const), upper)
+            lower = torch.where(succeeded, lower, torch.maximum(lower, const))
+            const = torch.where(upper < 1e9, (lower + upper) / 2, const * 10)
+    return best_adv.detach()
+
+
+def attack_batch(
+    name: str, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float = DEFAULT_EPS,
+    alpha: float = DEFAULT_ALPHA, steps: int = DEFAULT_PGD_STEPS, **kwargs,
+) -> torch.Tensor:
+    """Dispatch by name ('fgsm', 'pgd', 'cw'); eps/alpha/steps apply where the attack has them."""
+    if name == "fgsm":
+        return fgsm_attack(model, images, labels, eps=eps, **kwargs)
+    if name == "pgd":
+        return pgd_attack(model, images, labels, eps=eps, alpha=alpha, steps=steps, **kwargs)
+    if name == "cw":
+        return cw_attack(model, images, labels, **kwargs)
+    raise ValueError(f"unknown attack {name!r}; choose one of {', '.join(ATTACKS)}")

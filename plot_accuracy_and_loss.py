@@ -1,0 +1,75 @@
+"""Plot the loss and accuracy curves (train / val / test per epoch) of a run from its JSON log.
+
+    python plot_accuracy_and_loss.py -m SimpleNet -j out/fakes_dataset_SimpleNet_Adam.json -d fakes_dataset
+
+Writes figures/<dataset>_<model>_losses_plot.png and figures/<dataset>_<model>_accuracies_plot.png.
+The log holds one record per run; the last one is drawn unless --run picks another (0 = first, -1 = last).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from common import DATASETS, FIGURES_DIR
+from models import MODEL_NAMES
+from utils import UserError, cli_main, new_figure, read_json_list, save_figure
+
+SPLIT_STYLES = {"train": "o-", "val": "s-", "test": "^-"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-m", "--model", choices=MODEL_NAMES, required=True, help="model name (for the title and file name)")
+    p.add_argument("-j", "--json", type=Path, required=True, help="the JSON log written by train_main.py")
+    p.add_argument("-d", "--dataset", choices=DATASETS, required=True, help="dataset name")
+    p.add_argument("--run", type=int, default=-1, help="which record of the log to draw (default: -1, the last)")
+    p.add_argument("--figures-dir", type=Path, default=FIGURES_DIR, help="output folder (default: %(default)s)")
+    return p.parse_args(argv)
+
+
+def select_record(records: list[dict], index: int, path: Path) -> dict:
+    """The chosen run record, checked for the per-epoch lists the plot needs."""
+    if not records:
+        raise UserError(f"JSON log {path} holds no runs")
+    if not -len(records) <= index < len(records):
+        raise UserError(f"--run {index} is out of range: {path} holds {len(records)} run(s)")
+    record = records[index]
+    for split in SPLIT_STYLES:
+        for metric in ("loss", "acc"):
+            values = record.get(f"{split}_{metric}")
+            if not isinstance(values, list) or not values:
+                raise UserError(f"run {index} of {path} has no '{split}_{metric}' list; is this a train_main.py log?")
+    return record
+
+
+def plot_metric(record: dict, metric: str, title: str, path: Path) -> Path:
+    """One figure with the train/val/test curves of `metric` ('loss' or 'acc'), the best-val epoch marked."""
+    fig, ax = new_figure(figsize=(6.4, 4.2))
+    for split, style in SPLIT_STYLES.items():
+        values = record[f"{split}_{metric}"]
+        ax.plot(range(1, len(values) + 1), values, style, label=split)
+    best = record.get("best_epoch")
+    if best:
+        ax.axvline(best, color="grey", linestyle=":", label=f"best val (epoch {best})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy (%)" if metric == "acc" else "loss (cross-entropy)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return save_figure(fig, path)
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> list[Path]:
+    args = parse_args(argv)
+    record = select_record(read_json_list(args.json), args.run, args.json)
+    prefix = args.figures_dir / f"{args.dataset}_{args.model}"
+    title = f"{args.model} on {args.dataset}"
+    return [
+        plot_metric(record, "loss", f"{title}: loss", Path(f"{prefix}_losses_plot.png")),
+        plot_metric(record, "acc", f"{title}: accuracy", Path(f"{prefix}_accuracies_plot.png")),
+    ]
+
+
+if __name__ == "__main__":
+    main()

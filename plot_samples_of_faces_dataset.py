@@ -1,0 +1,56 @@
+"""Plot a grid of real and fake samples of both datasets (the assignment's sample figure).
+
+    python plot_samples_of_faces_dataset.py                      # -> figures/datasets_samples.png
+    python plot_samples_of_faces_dataset.py --data-root /content/drive/MyDrive/Assignment4_datasets --n 6
+
+Rows: for each dataset, its real samples then its fake samples (from the train split, evenly spaced).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from common import CLASS_NAMES, DATA_ROOT, DATASETS, FIGURES_DIR
+from faces_dataset import FacesDataset
+from utils import cli_main, dataset_dir, new_figure, save_figure
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-root", type=Path, default=DATA_ROOT, help="folder holding the datasets (default: %(default)s)")
+    p.add_argument("--split", choices=("train", "val", "test"), default="train", help="split to sample (default: train)")
+    p.add_argument("--n", type=int, default=4, help="samples per row (default: %(default)s)")
+    p.add_argument("--figures-dir", type=Path, default=FIGURES_DIR, help="output folder (default: %(default)s)")
+    return p.parse_args(argv)
+
+
+def pick_indices(labels: list[int], label: int, n: int) -> list[int]:
+    """Up to n indices of samples with `label`, evenly spaced over that class."""
+    idx = [i for i, y in enumerate(labels) if y == label]
+    if len(idx) <= n:
+        return idx
+    return [idx[int(round(k))] for k in np.linspace(0, len(idx) - 1, n)]
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    datasets = [FacesDataset(dataset_dir(name, args.split, args.data_root)) for name in DATASETS]
+    fig, axes = new_figure(2 * len(DATASETS), args.n, figsize=(2.2 * args.n, 2.4 * 2 * len(DATASETS)), squeeze=False)
+    for d, (name, ds) in enumerate(zip(DATASETS, datasets)):
+        for label, cls in enumerate(CLASS_NAMES):
+            row = axes[2 * d + label]
+            for ax in row:
+                ax.axis("off")
+            for ax, i in zip(row, pick_indices(ds.labels, label, args.n)):
+                image, _ = ds[i]
+                ax.imshow(image)
+                ax.set_title(f"{name}\n{cls}", fontsize=8)
+    fig.suptitle(f"Samples of both datasets ({args.split} split; label 0 = real, 1 = fake)")
+    return save_figure(fig, args.figures_dir / "datasets_samples.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Create (or reuse) .venv at the repo root and install the pinned requirements into it; a no-op when up to date.
+# Called by run_me.sh and run_tests.sh. FMD_NO_VENV=1 installs into the current Python instead and keeps its own
+# torch/torchvision (Google Colab). PYTHON picks the interpreter that creates the venv (default: python3).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "${FMD_NO_VENV:-0}" = "1" ]; then
+  PY=${PYTHON:-python3}
+  grep -vE '^(torch|torchvision)==' requirements.txt > /tmp/fmd-requirements-novenv.txt
+  "$PY" -m pip install -q -r /tmp/fmd-requirements-novenv.txt
+  "$PY" -m pip install -q --no-deps -r requirements-nodeps.txt
+  exit 0
+fi
+
+VENV=.venv
+stamp="$VENV/.fmd-installed"
+want=$(cat requirements.txt requirements-nodeps.txt | sha256sum | cut -d' ' -f1)
+if [ -x "$VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+  exit 0
+fi
+PY=${PYTHON:-python3}
+"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 9))' || { echo "error: Python 3.9 or newer is needed (found $("$PY" --version))" >&2; exit 1; }
+[ -x "$VENV/bin/python" ] || { echo "creating $VENV with $("$PY" --version)"; "$PY" -m venv "$VENV"; }
+echo "installing pinned requirements into $VENV (a few minutes the first time)..."
+"$VENV/bin/python" -m pip install -q -r requirements.txt 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+# facenet-pytorch pins torch<2.3, numpy<2 and Pillow<10.3 in its metadata but runs on the versions above.
+"$VENV/bin/python" -m pip install -q --no-deps -r requirements-nodeps.txt
+"$VENV/bin/python" -c "import torch, torchvision.ops, pytorch_grad_cam, facenet_pytorch, cv2, sklearn, skimage" \
+  || { echo "error: the installed packages do not import together; see the messages above" >&2; exit 1; }
+echo "$want" > "$stamp"
+echo "environment ready: $VENV"
