@@ -1,0 +1,72 @@
+"""train_main.py and plot_accuracy_and_loss.py driven as a user would, on tiny demo data."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import plot_accuracy_and_loss
+import plot_samples_of_faces_dataset
+import train_main
+from conftest import REPO
+
+
+def train(demo_root, tmp_path, *extra):
+    argv = ["-d", "fakes_dataset", "-m", "SimpleNet", "-e", "2", "-b", "8", "--image-size", "64", "--data-root",
+            str(demo_root), "--out-dir", str(tmp_path / "out"), "--checkpoint-dir", str(tmp_path / "ckpt"),
+            "--no-progress", "--num-workers", "0", *extra]
+    return train_main.main(argv)
+
+
+def test_train_writes_log_and_checkpoint_and_is_reproducible(demo_root, tmp_path):
+    first = train(demo_root, tmp_path / "a")
+    second = train(demo_root, tmp_path / "b")
+    assert (tmp_path / "a" / "ckpt" / "fakes_dataset_SimpleNet_Adam.pt").is_file()
+    log = json.loads((tmp_path / "a" / "out" / "fakes_dataset_SimpleNet_Adam.json").read_text())
+    assert log[0]["config"]["seed"] == 42 and log[0]["config"]["lr"] == 0.001
+    assert first["train_loss"] == second["train_loss"] and first["val_acc"] == second["val_acc"]
+
+    figs = plot_accuracy_and_loss.main(["-m", "SimpleNet", "-j", str(tmp_path / "a/out/fakes_dataset_SimpleNet_Adam.json"),
+                                        "-d", "fakes_dataset", "--figures-dir", str(tmp_path / "fig")])
+    assert [f.name for f in figs] == ["fakes_dataset_SimpleNet_losses_plot.png", "fakes_dataset_SimpleNet_accuracies_plot.png"]
+    assert all(f.stat().st_size > 5000 for f in figs)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["-m", "NoSuchNet"], "invalid choice: 'NoSuchNet'"),
+        (["-d", "nodata"], "invalid choice: 'nodata'"),
+        (["-o", "Lion"], "invalid choice: 'Lion'"),
+        (["--lr", "-1"], "--lr must be positive"),
+        (["--data-root", "/nonexistent/root", "-e", "1"], "error: data root /nonexistent/root does not exist"),
+        (["-m", "XceptionBased", "--limit", "4", "-e", "1"], "pretrained Xception weights not found"),
+    ],
+)
+def test_bad_input_exits_nonzero_with_one_line(argv, message, demo_root, tmp_path):
+    if "--data-root" not in argv:
+        argv = argv + ["--data-root", str(demo_root)]
+    proc = subprocess.run([sys.executable, "train_main.py", *argv, "--out-dir", str(tmp_path), "--checkpoint-dir",
+                           str(tmp_path)], cwd=REPO, capture_output=True, text=True, env={"FMD_OFFLINE": "1", "PATH": ""},
+                          timeout=120)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_plot_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        plot_accuracy_and_loss.main(["-m", "SimpleNet", "-j", str(tmp_path / "none.json"), "-d", "fakes_dataset"])
+    assert err.value.code == 2 and "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"model": "SimpleNet", "train_loss": [1.0]')
+    with pytest.raises(SystemExit):
+        plot_accuracy_and_loss.main(["-m", "SimpleNet", "-j", str(bad), "-d", "fakes_dataset"])
+    assert "is corrupt" in capsys.readouterr().err
+
+
+def test_sample_grid(demo_root, tmp_path):
+    path = plot_samples_of_faces_dataset.main(["--data-root", str(demo_root), "--figures-dir", str(tmp_path), "--n", "3"])
+    assert path.name == "datasets_samples.png" and path.stat().st_size > 10000
