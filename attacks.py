@@ -11,15 +11,12 @@ The model's train/eval mode and its parameters' requires_grad and .grad are left
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from common import DEFAULT_ALPHA, DEFAULT_EPS, DEFAULT_PGD_STEPS, NORM_MEAN, NORM_STD
-from utils import normalize
+from utils import frozen_eval, normalize
 
 ATTACKS = ("fgsm", "pgd", "cw")
 
@@ -33,22 +30,6 @@ class NormalizedModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(normalize(x, self.mean, self.std))
-
-
-@contextmanager
-def frozen_eval(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no parameter gradients inside; the previous mode and requires_grad flags are restored after."""
-    was_training = model.training
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
 
 
 def _input_gradient(net: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

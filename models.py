@@ -13,7 +13,7 @@ from torch import nn
 from torchvision.models import ResNet50_Weights, resnet50
 
 from common import IMAGE_SIZE
-from utils import UserError, get_nof_params, resolve_pretrained_weights
+from utils import UserError, get_device, get_nof_params, load_dataset, resolve_pretrained_weights, set_seed
 from xception import FEATURE_DIM, build_xception_backbone
 
 RESNET50_FILES = ("resnet50-11ad3fa6.pth", "resnet50-0676ba61.pth")
@@ -154,6 +154,16 @@ def load_model_from_checkpoint(
         first = str(err).splitlines()[0]
         raise UserError(f"checkpoint {path} does not fit the {name} architecture ({first}); pass the matching -m") from err
     return model.to(device).eval(), ckpt
+
+
+def load_analysis_inputs(args: Any) -> tuple[nn.Module, torch.utils.data.Dataset, torch.device]:
+    """For the analysis scripts: seed, device, the checkpoint's model (eval mode) and the test split at its image size."""
+    set_seed(args.seed)
+    device = get_device(args.device)
+    model, ckpt = load_model_from_checkpoint(args.checkpoint_path, device, expected_model=args.model)
+    image_size = ckpt.get("model_kwargs", {}).get("image_size", IMAGE_SIZE)
+    dataset = load_dataset(args.dataset, "test", args.data_root, image_size, args.limit)
+    return model, dataset, device
 
 
 def main() -> None:

@@ -1,13 +1,14 @@
 """Small helpers shared by the scripts: device, seeding, transforms, dataset loading, atomic writes, CLI errors."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import random
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms
 
-from common import DATA_ROOT, DATASETS, DEMO_MARKER, IMAGE_SIZE, NORM_MEAN, NORM_STD, SPLITS
+from common import DATA_ROOT, DATASETS, DEMO_MARKER, FIGURES_DIR, IMAGE_SIZE, NORM_MEAN, NORM_STD, SPLITS
 
 
 class UserError(Exception):
@@ -288,3 +289,40 @@ def save_figure(fig: Any, path: str | Path) -> Path:
     plt.close(fig)
     print(f"saved {path}")
     return path
+
+
+def add_analysis_args(parser: Any, model_names: tuple[str, ...]) -> None:
+    """The flags every analysis script shares: the assignment's -m/-cpp/-d plus data, device, seed and output."""
+    parser.add_argument("-m", "--model", choices=model_names, required=True, help="model name")
+    parser.add_argument("-cpp", "--checkpoint_path", "--checkpoint", dest="checkpoint_path", type=Path, required=True,
+                        help="checkpoint written by train_main.py, e.g. checkpoints/fakes_dataset_SimpleNet_Adam.pt")
+    parser.add_argument("-d", "--dataset", choices=DATASETS, required=True, help="dataset name")
+    parser.add_argument("--data-root", type=Path, default=DATA_ROOT, help="folder holding the datasets (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=42, help="random seed for sampling images (default: %(default)s)")
+    parser.add_argument("--limit", type=int, help="use at most this many test images")
+    parser.add_argument("--batch-size", type=int, default=32, help="batch size (default: %(default)s)")
+    parser.add_argument("--figures-dir", type=Path, default=FIGURES_DIR, help="output folder (default: %(default)s)")
+
+
+def sample_batch(dataset: Dataset, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n random samples of a dataset (seeded, so the same images come back every run) as (images, labels)."""
+    loader = DataLoader(dataset, batch_size=n, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    images, labels = next(iter(loader))
+    return images, labels
+
+
+@contextlib.contextmanager
+def frozen_eval(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no parameter gradients inside; the previous mode and requires_grad flags are restored after."""
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)

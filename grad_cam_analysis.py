@@ -1,0 +1,104 @@
+"""Grad-CAM (Selvaraju et al., 2017, arXiv:1610.02391) of a trained detector, with the pytorch-grad-cam package.
+
+    python grad_cam_analysis.py -m SimpleNet -cpp checkpoints/fakes_dataset_SimpleNet_Adam.pt -d fakes_dataset
+    python grad_cam_analysis.py -m XceptionBased -cpp checkpoints/synthetic_dataset_XceptionBased_Adam.pt -d synthetic_dataset
+    python grad_cam_analysis.py ... --method gradcam++        # or scorecam, xgradcam, eigencam, hirescam, layercam
+
+Target layer per model (models.cam_target_layer): SimpleNet conv3, XceptionBased conv4 (exit flow), ResNet50 layer4,
+Bonus its last separable block. Writes figures/<dataset>_<model>_Real_Image_grad_cam.png and ..._Fake_Image_grad_cam.png
+(other methods replace "grad_cam" by the method's name): sampled test images of that class, each above its CAM overlay.
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from common import CLASS_NAMES
+from models import MODEL_NAMES, cam_target_layer, load_analysis_inputs
+from utils import UserError, add_analysis_args, cli_main, dataset_labels, denormalize, new_figure, save_figure
+
+
+def cam_methods() -> dict:
+    """CLI name -> pytorch-grad-cam class (imported here: the package takes seconds to import)."""
+    import pytorch_grad_cam as pgc
+
+    return {
+        "gradcam": pgc.GradCAM, "gradcam++": pgc.GradCAMPlusPlus, "xgradcam": pgc.XGradCAM, "scorecam": pgc.ScoreCAM,
+        "eigencam": pgc.EigenCAM, "hirescam": pgc.HiResCAM, "layercam": pgc.LayerCAM,
+    }
+
+
+METHOD_NAMES = ("gradcam", "gradcam++", "xgradcam", "scorecam", "eigencam", "hirescam", "layercam")
+
+
+def compute_cams(model: nn.Module, images: torch.Tensor, classes: torch.Tensor, method: str = "gradcam") -> np.ndarray:
+    """CAMs (B,H,W) in [0,1] of `classes` for normalised images (B,3,H,W), at the model's target layer."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model.eval()
+    cam_class = cam_methods()[method]
+    with cam_class(model=model, target_layers=[cam_target_layer(model)]) as cam:
+        return cam(input_tensor=images, targets=[ClassifierOutputTarget(int(c)) for c in classes])
+
+
+def overlay(image: torch.Tensor, cam: np.ndarray) -> np.ndarray:
+    """The CAM drawn over a normalised (3,H,W) image: (H,W,3) uint8 in [0,255]."""
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    rgb = denormalize(image[None])[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy().astype(np.float32)
+    return show_cam_on_image(rgb, cam, use_rgb=True)
+
+
+def get_grad_cam_visualization(test_dataset: Dataset, model: nn.Module, method: str = "gradcam",
+                               generator: torch.Generator | None = None) -> tuple[np.ndarray, torch.Tensor]:
+    """Grad-CAM of one random test image for its true class: (visualization (H,W,3) uint8 in [0,255], label of shape (1,))."""
+    loader = DataLoader(test_dataset, batch_size=1, shuffle=True, generator=generator)
+    image, true_label = next(iter(loader))
+    device = next(model.parameters()).device
+    cam = compute_cams(model, image.to(device), true_label, method)[0]
+    return overlay(image[0], cam), true_label
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_analysis_args(p, MODEL_NAMES)
+    p.add_argument("--method", choices=METHOD_NAMES, default="gradcam", help="CAM method (default: %(default)s)")
+    p.add_argument("--n", type=int, default=4, help="images per figure (default: %(default)s)")
+    return p.parse_args(argv)
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> list:
+    args = parse_args(argv)
+    model, test_dataset, device = load_analysis_inputs(args)
+    labels = np.asarray(dataset_labels(test_dataset))
+    rng = np.random.default_rng(args.seed)
+    suffix = "grad_cam" if args.method == "gradcam" else args.method.replace("++", "_plus_plus")
+    written = []
+    for c, cls in enumerate(CLASS_NAMES):
+        pool = np.flatnonzero(labels == c)
+        if len(pool) == 0:
+            raise UserError(f"the {args.dataset} test split holds no {cls} images")
+        chosen = rng.choice(pool, size=min(args.n, len(pool)), replace=False)
+        images = torch.stack([test_dataset[int(i)][0] for i in chosen])
+        with torch.no_grad():
+            probs = torch.softmax(model(images.to(device)), 1)[:, 1].cpu()
+        cams = compute_cams(model, images.to(device), torch.full((len(chosen),), c), args.method)
+        fig, axes = new_figure(2, len(chosen), figsize=(2.6 * len(chosen), 5.4), squeeze=False)
+        for k in range(len(chosen)):
+            axes[0, k].imshow(denormalize(images[k : k + 1])[0].clamp(0, 1).permute(1, 2, 0).numpy())
+            axes[0, k].set_title(f"P(fake) = {probs[k]:.2f}", fontsize=8)
+            axes[1, k].imshow(overlay(images[k], cams[k]))
+            for ax in axes[:, k]:
+                ax.axis("off")
+        fig.suptitle(f"{args.method} of {args.model} on {args.dataset}: {cls} test images (target class: {cls})")
+        written.append(save_figure(fig, args.figures_dir / f"{args.dataset}_{args.model}_{cls.capitalize()}_Image_{suffix}.png"))
+    return written
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""ROC and DET curves, AUC, EER and friends of a trained detector on the test split.
+
+    python numerical_analysis.py -m SimpleNet -cpp checkpoints/fakes_dataset_SimpleNet_Adam.pt -d fakes_dataset
+
+One pass over the test set collects both soft scores (softmax output 0 = "real" score, group A; output 1 = "fake"
+score, group B) and the labels (1 = fake is the positive class). Writes figures/<dataset>_<model>_roc_curve.png,
+figures/<dataset>_<model>_det_curve.png and figures/<dataset>_<model>_metrics.json; prints the metrics.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.interpolate import interp1d
+from scipy.optimize import brentq
+from sklearn import metrics
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from models import MODEL_NAMES, load_analysis_inputs
+from utils import UserError, add_analysis_args, atomic_write_json, cli_main, make_loader, new_figure, save_figure
+
+SCORE_GROUPS = {"A: real score (output 0)": 0, "B: fake score (output 1)": 1}
+
+
+@torch.no_grad()
+def get_soft_scores_and_true_labels(
+    dataset: Dataset, model: nn.Module, batch_size: int = 32, device: torch.device | str = "cpu", progress: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(softmax of output 0, softmax of output 1, true labels) over the whole dataset, in dataset order."""
+    model.eval()
+    first, second, labels = [], [], []
+    loader = make_loader(dataset, batch_size, shuffle=False, device=torch.device(device))
+    for images, y in tqdm(loader, desc="scoring", disable=not progress, leave=False):
+        probs = torch.softmax(model(images.to(device)).float(), dim=1).cpu()
+        first.append(probs[:, 0])
+        second.append(probs[:, 1])
+        labels.append(y)
+    return torch.cat(first).numpy(), torch.cat(second).numpy(), torch.cat(labels).numpy()
+
+
+def equal_error_rate(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """(EER, threshold): the operating point where false-positive and false-negative rates are equal (interpolated)."""
+    fpr, tpr, thresholds = metrics.roc_curve(labels, scores)
+    eer = brentq(lambda x: 1.0 - x - interp1d(fpr, tpr)(x), 0.0, 1.0)
+    threshold = float(interp1d(fpr, thresholds)(eer))
+    return float(eer), threshold
+
+
+def compute_metrics(labels: np.ndarray, fake_scores: np.ndarray, threshold: float = 0.5) -> dict:
+    """AUC, EER, average precision, accuracy and balanced accuracy at `threshold`, confusion matrix; 1 = fake."""
+    labels = np.asarray(labels)
+    predictions = (np.asarray(fake_scores) >= threshold).astype(int)
+    eer, eer_threshold = equal_error_rate(labels, fake_scores)
+    tn, fp, fn, tp = metrics.confusion_matrix(labels, predictions, labels=[0, 1]).ravel()
+    return {
+        "n_samples": int(labels.size),
+        "n_real": int((labels == 0).sum()),
+        "n_fake": int((labels == 1).sum()),
+        "auc": float(metrics.roc_auc_score(labels, fake_scores)),
+        "eer": eer,
+        "eer_threshold": eer_threshold,
+        "average_precision": float(metrics.average_precision_score(labels, fake_scores)),
+        "accuracy": float(metrics.accuracy_score(labels, predictions)),
+        "balanced_accuracy": float(metrics.balanced_accuracy_score(labels, predictions)),
+        "threshold": threshold,
+        "confusion_matrix": {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)},
+    }
+
+
+def plot_roc_and_det(labels: np.ndarray, scores: dict[str, np.ndarray], title: str, roc_path: Path, det_path: Path) -> None:
+    """ROC and DET curves of every score group, with AUC (ROC) and EER (DET) in the legends."""
+    fig, ax = new_figure(figsize=(5.6, 5.2))
+    for name, s in scores.items():
+        metrics.RocCurveDisplay.from_predictions(labels, s, pos_label=1, ax=ax, name=name)
+    ax.plot([0, 1], [0, 1], "k:", lw=1, label="chance (AUC = 0.5)")
+    ax.set_title(f"ROC: {title}")
+    ax.legend(loc="lower right", fontsize=8)
+    save_figure(fig, roc_path)
+    fig, ax = new_figure(figsize=(5.6, 5.2))
+    for name, s in scores.items():
+        eer, _ = equal_error_rate(labels, s)
+        metrics.DetCurveDisplay.from_predictions(labels, s, pos_label=1, ax=ax, name=f"{name} (EER = {eer:.3f})")
+    ax.set_title(f"DET: {title}")
+    ax.legend(loc="upper right", fontsize=8)
+    save_figure(fig, det_path)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_analysis_args(p, MODEL_NAMES)
+    p.add_argument("--threshold", type=float, default=0.5, help="fake-score threshold for accuracy (default: %(default)s)")
+    return p.parse_args(argv)
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    model, test_dataset, device = load_analysis_inputs(args)
+    real_scores, fake_scores, labels = get_soft_scores_and_true_labels(test_dataset, model, args.batch_size, device)
+    if len(np.unique(labels)) < 2:
+        raise UserError("the test set holds only one class; ROC/DET need real and fake images")
+    result = compute_metrics(labels, fake_scores, args.threshold)
+    result["auc_group_a_real_score"] = float(metrics.roc_auc_score(labels, real_scores))
+    result.update(model=args.model, dataset=args.dataset, checkpoint=str(args.checkpoint_path))
+    prefix = f"{args.dataset}_{args.model}"
+    plot_roc_and_det(
+        labels, {name: (real_scores, fake_scores)[i] for name, i in SCORE_GROUPS.items()}, f"{args.model} on {args.dataset}",
+        args.figures_dir / f"{prefix}_roc_curve.png", args.figures_dir / f"{prefix}_det_curve.png",
+    )
+    atomic_write_json(args.figures_dir / f"{prefix}_metrics.json", result)
+    print(f"AUC (group B, fake score): {result['auc']:.4f}   AUC (group A, real score): {result['auc_group_a_real_score']:.4f}")
+    print(json.dumps({k: v for k, v in result.items() if k not in ("model", "dataset", "checkpoint")}, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""Metrics on hand-made scores, saliency and Grad-CAM on constructed models, and the three scripts end to end."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_curve
+from torch import nn
+
+import grad_cam_analysis
+import numerical_analysis
+import saliency_map
+import train_main
+from grad_cam_analysis import compute_cams, get_grad_cam_visualization
+from numerical_analysis import compute_metrics, equal_error_rate
+from saliency_map import compute_gradient_saliency_maps
+
+
+def test_metrics_on_hand_made_scores():
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    scores = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9])
+    m = compute_metrics(labels, scores)
+    # 16 real/fake pairs, one ranked wrong (0.6 real above 0.4 fake)
+    assert m["auc"] == pytest.approx(15 / 16)
+    assert m["eer"] == pytest.approx(0.25, abs=1e-6)
+    # AP: precision at each fake's rank: 0.9 -> 1, 0.8 -> 1, 0.7 -> 1, 0.4 -> 4/5
+    assert m["average_precision"] == pytest.approx((1 + 1 + 1 + 0.8) / 4)
+    assert m["accuracy"] == pytest.approx(6 / 8) and m["balanced_accuracy"] == pytest.approx(0.75)
+    assert m["confusion_matrix"] == {"tn": 3, "fp": 1, "fn": 1, "tp": 3}
+    perfect = compute_metrics(labels, np.array([0, 0, 0, 0, 1, 1, 1, 1.0]))
+    assert perfect["auc"] == 1.0 and perfect["eer"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_group_a_roc_is_the_mirror_of_group_b():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 200)
+    fake = np.clip(rng.normal(0.35 + 0.3 * labels, 0.2), 0, 1)
+    real = 1 - fake  # softmax over two outputs
+    fpr_a, tpr_a, _ = roc_curve(labels, real)
+    fpr_b, tpr_b, _ = roc_curve(labels, fake)
+    # point reflection through (0.5, 0.5): (fpr, tpr) of A = (1 - fpr, 1 - tpr) of B
+    a = sorted(zip(fpr_a.round(9), tpr_a.round(9)))
+    b = sorted(zip((1 - fpr_b).round(9), (1 - tpr_b).round(9)))
+    assert a == b
+    assert compute_metrics(labels, real)["auc"] == pytest.approx(1 - compute_metrics(labels, fake)["auc"])
+    eer_a, _ = equal_error_rate(labels, real)
+    eer_b, _ = equal_error_rate(labels, fake)
+    assert eer_a == pytest.approx(1 - eer_b, abs=1e-6)
+
+
+class TopLeftNet(nn.Module):
+    """Looks only at the top-left quadrant of the image."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = x.shape[-1] // 2
+        return self.fc(torch.tanh(self.conv(x[:, :, :h, :h])).mean(dim=(2, 3)))
+
+
+def test_saliency_shape_zero_where_ignored_and_no_side_effects():
+    torch.manual_seed(0)
+    model = TopLeftNet().train()
+    x = torch.randn(3, 3, 16, 16)
+    maps = compute_gradient_saliency_maps(x, torch.tensor([0, 1, 1]), model)
+    assert maps.shape == (3, 16, 16)
+    assert torch.all(maps[:, 8:, :] == 0) and torch.all(maps[:, :, 8:] == 0)
+    assert torch.all(maps[:, :8, :8].flatten(1).amax(1) > 0)
+    assert model.training and all(p.grad is None and p.requires_grad for p in model.parameters())
+    assert not x.requires_grad
+
+
+class BlobNet(nn.Module):
+    """Fake score = total activation of a positive-weight conv layer: evidence sits where the input is bright."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv3 = nn.Conv2d(3, 2, 3, padding=1)
+        nn.init.constant_(self.conv3.weight, 0.1)
+        nn.init.zeros_(self.conv3.bias)
+
+    def forward(self, x):
+        s = torch.relu(self.conv3(x)).mean(dim=(1, 2, 3))
+        return torch.stack([-s, s], dim=1)
+
+    def cam_layer(self):
+        return self.conv3
+
+
+def test_grad_cam_peaks_where_the_model_looks():
+    x = torch.zeros(1, 3, 32, 32)
+    x[:, :, 20:28, 4:12] = 1.0  # a bright blob bottom-left
+    cam = compute_cams(BlobNet(), x, torch.tensor([1]))
+    assert cam.shape == (1, 32, 32) and cam.min() >= 0 and cam.max() <= 1
+    peak = np.unravel_index(cam[0].argmax(), cam[0].shape)
+    assert 18 <= peak[0] < 30 and 2 <= peak[1] < 14
+    assert cam[0, 20:28, 4:12].mean() > 5 * cam[0, :10, 20:].mean()
+
+
+def test_get_grad_cam_visualization_contract():
+    data = torch.utils.data.TensorDataset(torch.rand(4, 3, 256, 256) * 2 - 1, torch.tensor([0, 1, 0, 1]))
+    vis, label = get_grad_cam_visualization(data, BlobNet(), generator=torch.Generator().manual_seed(0))
+    assert vis.shape == (256, 256, 3) and vis.dtype == np.uint8
+    assert label.shape == torch.Size([1]) and int(label) in (0, 1)
+
+
+@pytest.fixture(scope="module")
+def trained(demo_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained")
+    train_main.main(["-d", "fakes_dataset", "-m", "SimpleNet", "-e", "1", "-b", "8", "--image-size", "64", "--data-root",
+                     str(demo_root), "--out-dir", str(out), "--checkpoint-dir", str(out), "--no-progress",
+                     "--num-workers", "0"])
+    return out / "fakes_dataset_SimpleNet_Adam.pt"
+
+
+def common_args(trained, demo_root, figs):
+    return ["-m", "SimpleNet", "-cpp", str(trained), "-d", "fakes_dataset", "--data-root", str(demo_root),
+            "--figures-dir", str(figs)]
+
+
+def test_scripts_write_their_figures(trained, demo_root, tmp_path):
+    args = common_args(trained, demo_root, tmp_path)
+    result = numerical_analysis.main(args)
+    assert 0 <= result["auc"] <= 1 and result["n_samples"] == 8
+    assert result["auc_group_a_real_score"] == pytest.approx(1 - result["auc"])
+    assert json.loads((tmp_path / "fakes_dataset_SimpleNet_metrics.json").read_text())["auc"] == result["auc"]
+    saliency_map.main(args + ["--n-pairs", "4"])
+    grad_cam_analysis.main(args + ["--n", "2"])
+    grad_cam_analysis.main(args + ["--n", "2", "--method", "gradcam++"])
+    names = {p.name for p in tmp_path.glob("*.png")}
+    assert names == {
+        f"fakes_dataset_SimpleNet_{k}.png" for k in (
+            "roc_curve", "det_curve", "saliency_maps_and_images_pairs", "mean_saliency_maps",
+            "Real_Image_grad_cam", "Fake_Image_grad_cam", "Real_Image_gradcam_plus_plus", "Fake_Image_gradcam_plus_plus",
+        )
+    }
+
+
+def test_wrong_checkpoint_is_a_clear_error(trained, demo_root, tmp_path, capsys):
+    args = common_args(trained, demo_root, tmp_path)
+    args[1] = "XceptionBased"
+    with pytest.raises(SystemExit) as err:
+        numerical_analysis.main(args)
+    assert err.value.code == 2 and "holds a SimpleNet model, not XceptionBased" in capsys.readouterr().err
+    args = common_args(tmp_path / "missing.pt", demo_root, tmp_path)
+    with pytest.raises(SystemExit):
+        saliency_map.main(args)
+    assert "does not exist" in capsys.readouterr().err
