@@ -80,13 +80,12 @@ def pgd_attack(
     return x.detach()
 
 
-def _cw_margin(logits: torch.Tensor, labels: torch.Tensor, targeted: bool, kappa: float) -> torch.Tensor:
-    """C&W's f: how far the sample is from success (<= -kappa means the attack has succeeded with margin kappa)."""
+def _cw_margin(logits: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
+    """C&W's margin before clamping: negative once the attack succeeds (the label lost, or the target won)."""
     one_hot = F.one_hot(labels, logits.shape[1]).bool()
     own = logits[one_hot]
     other = logits.masked_fill(one_hot, float("-inf")).amax(dim=1)
-    margin = other - own if targeted else own - other
-    return margin.clamp(min=-kappa)
+    return other - own if targeted else own - other
 
 
 def cw_attack(
@@ -116,13 +115,13 @@ def cw_attack(
             for _ in range(steps):
                 x = (torch.tanh(w) + 1) / 2
                 l2 = (x - x0).flatten(1).pow(2).sum(1)
-                margin = _cw_margin(net(x), labels, targeted, kappa)
-                loss = (l2 + const * margin).sum()
+                margin = _cw_margin(net(x), labels, targeted)
+                loss = (l2 + const * margin.clamp(min=-kappa)).sum()  # f = max(margin, -kappa)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 with torch.no_grad():
-                    success = margin <= -kappa if kappa > 0 else margin < 0
+                    success = (margin < 0) & (margin <= -kappa)
                     improved = success & (l2 < best_l2)
                     best_l2 = torch.where(improved, l2, best_l2)
                     best_adv[improved] = x[improved].detach()

@@ -8,6 +8,7 @@
 
 Writes out/<dataset>_<model>_<opt>.json (one record appended per run) and checkpoints/<dataset>_<model>_<opt>.pt
 (best validation accuracy) plus ..._last.pt (for --resume). `-m Bonus` also publishes checkpoints/bonus.pt.
+Adversarially trained runs add the suffix _advfgsm / _advpgd to those names, so they never overwrite the plain run.
 """
 from __future__ import annotations
 
@@ -120,7 +121,8 @@ def main(argv: list[str] | None = None) -> dict:
         checkpoint_dir=args.checkpoint_dir, amp=args.amp, progress=not args.no_progress, model_kwargs=model_kwargs,
         adversarial=AdversarialConfig(args.adv, args.eps, args.alpha, args.steps, args.adv_ratio), run_config=config,
     )
-    lp = LoggingParameters(args.model, args.dataset, args.optimizer, optimizer_params_for_log(optimizer))
+    tag = f"adv{args.adv}" if args.adv != "none" else ""
+    lp = LoggingParameters(args.model, args.dataset, args.optimizer, optimizer_params_for_log(optimizer), tag)
     record = trainer.run(args.epochs, lp, resume=args.resume)
     paths = trainer.paths(lp)
     print(f"best val acc {record['best_val_acc']:.2f}% at epoch {record['best_epoch']}, "

@@ -38,10 +38,12 @@ class LoggingParameters:
     dataset_name: str
     optimizer_name: str
     optimizer_params: dict = field(default_factory=dict)
+    tag: str = ""  # appended to the file names, e.g. "advpgd", so variants do not overwrite the plain run
 
     @property
     def run_name(self) -> str:
-        return f"{self.dataset_name}_{self.model_name}_{self.optimizer_name}"
+        name = f"{self.dataset_name}_{self.model_name}_{self.optimizer_name}"
+        return f"{name}_{self.tag}" if self.tag else name
 
 
 @dataclass

@@ -1,0 +1,197 @@
+"""How a trained detector holds up against adversarial perturbations: accuracy and AUC under FGSM/PGD per budget,
+and Carlini-Wagner L2 success rate and perturbation size on a small subset of fakes.
+
+    python robustness_analysis.py -m SimpleNet -cpp checkpoints/fakes_dataset_SimpleNet_Adam.pt -d fakes_dataset
+    python robustness_analysis.py -m SimpleNet -cpp checkpoints/fakes_dataset_SimpleNet_Adam_advpgd.pt \
+        -d fakes_dataset --tag advpgd --overlay figures/fakes_dataset_SimpleNet_robustness.json
+
+Budgets (--epsilons) are L-inf in grey levels of 255 (8 means 8/255 on the [0,1] scale). Writes, under figures/,
+<dataset>_<model>[_<tag>]_robustness.json, ..._robustness_curves.png (accuracy and AUC vs eps; --overlay adds the
+curves of other runs' JSON for comparison) and ..._adversarial_examples.png (clean / PGD / amplified perturbation).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from torch import nn
+from torch.utils.data import Dataset, Subset
+from tqdm import tqdm
+
+from attacks import attack_batch, cw_attack
+from common import DEFAULT_PGD_STEPS, ROBUSTNESS_EPSILONS
+from models import MODEL_NAMES, load_analysis_inputs
+from utils import (
+    UserError, add_analysis_args, atomic_write_json, cli_main, dataset_labels, denormalize, make_loader, new_figure,
+    normalize, read_json_list, sample_batch, save_figure,
+)
+
+
+def pgd_step_size(eps: float, steps: int) -> float:
+    """Madry et al.'s rule of thumb: 2.5 * eps / steps, so the walk can cross the ball and back."""
+    return 2.5 * eps / max(steps, 1)
+
+
+def evaluate_under_attack(
+    model: nn.Module, dataset: Dataset, attack: str, eps: float, steps: int, alpha: float | None, batch_size: int,
+    device: torch.device, seed: int, progress: bool = True,
+) -> dict:
+    """Accuracy (%), AUC and the fake->real evasion rate (%) on `dataset` attacked (untargeted) with budget eps."""
+    torch.manual_seed(seed)
+    scores, labels = [], []
+    desc = f"{attack} eps={eps * 255:.0f}/255"
+    for images, y in tqdm(make_loader(dataset, batch_size, False, device), desc=desc, leave=False, disable=not progress):
+        x01, y = denormalize(images.to(device)), y.to(device)
+        if eps > 0:
+            step = alpha if alpha is not None else pgd_step_size(eps, steps)
+            x01 = attack_batch(attack, model, x01, y, eps=eps, alpha=step, steps=steps)
+        with torch.no_grad():
+            scores.append(torch.softmax(model(normalize(x01)), 1)[:, 1].cpu())
+        labels.append(y.cpu())
+    s, y = torch.cat(scores).numpy(), torch.cat(labels).numpy()
+    predicted = (s >= 0.5).astype(int)
+    fakes = y == 1
+    return {
+        "accuracy": float(100 * (predicted == y).mean()),
+        "auc": float(roc_auc_score(y, s)) if len(np.unique(y)) == 2 else None,
+        "fake_evasion_rate": float(100 * (predicted[fakes] == 0).mean()) if fakes.any() else None,
+    }
+
+
+def cw_summary(model: nn.Module, images01: torch.Tensor, labels: torch.Tensor, steps: int, search: int) -> dict:
+    """C&W L2 on a few images: success rate (%) and the median / mean L2 of the successful perturbations."""
+    adv = cw_attack(model, images01, labels, steps=steps, binary_search_steps=search)
+    with torch.no_grad():
+        clean_right = model(normalize(images01)).argmax(1) == labels
+        fooled = model(normalize(adv)).argmax(1) != labels
+    success = clean_right & fooled
+    l2 = (adv - images01).flatten(1).norm(dim=1)[success]
+    n = int(clean_right.sum())
+    return {
+        "n_images": len(labels),
+        "n_correct_before": n,
+        "success_rate": float(100 * success.sum() / n) if n else None,
+        "median_l2": float(l2.median()) if len(l2) else None,
+        "mean_l2": float(l2.mean()) if len(l2) else None,
+        "steps": steps,
+        "binary_search_steps": search,
+    }
+
+
+def plot_curves(result: dict, overlays: list[dict], title: str, path: Path) -> Path:
+    """Accuracy and AUC against eps (in /255), one line per attack and run."""
+    fig, axes = new_figure(1, 2, figsize=(11, 4.2))
+    for run, style in [(result, "-o")] + [(o, "--s") for o in overlays]:
+        label = run.get("tag") or "this run"
+        for attack, rows in run["attacks"].items():
+            eps = [r["eps_255"] for r in rows]
+            axes[0].plot(eps, [r["accuracy"] for r in rows], style, label=f"{attack.upper()} ({label})")
+            axes[1].plot(eps, [r["auc"] if r["auc"] is not None else np.nan for r in rows], style, label=f"{attack.upper()} ({label})")
+    axes[0].set_ylabel("accuracy (%)")
+    axes[1].set_ylabel("AUC")
+    for ax in axes:
+        ax.set_xlabel("L-inf budget eps (grey levels of 255)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].axhline(50, color="grey", lw=0.8, ls=":")
+    axes[1].axhline(0.5, color="grey", lw=0.8, ls=":")
+    fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def plot_examples(model: nn.Module, images01: torch.Tensor, labels: torch.Tensor, eps: float, steps: int, title: str,
+                  path: Path) -> Path:
+    """Rows: clean image, PGD adversarial image, perturbation amplified to the full range; titles carry P(fake)."""
+    adv = attack_batch("pgd", model, images01, labels, eps=eps, alpha=pgd_step_size(eps, steps), steps=steps)
+    with torch.no_grad():
+        p_clean = torch.softmax(model(normalize(images01)), 1)[:, 1].cpu()
+        p_adv = torch.softmax(model(normalize(adv)), 1)[:, 1].cpu()
+    delta = (adv - images01).cpu()
+    amplified = (delta / (2 * max(eps, 1e-12)) + 0.5).clamp(0, 1)
+    n = len(labels)
+    fig, axes = new_figure(3, n, figsize=(2.3 * n, 7.2), squeeze=False)
+    rows = [(images01.cpu(), "clean", p_clean), (adv.cpu(), f"PGD {eps * 255:.0f}/255", p_adv), (amplified, "perturbation x", None)]
+    for r, (batch, name, probs) in enumerate(rows):
+        for k in range(n):
+            ax = axes[r, k]
+            ax.imshow(batch[k].permute(1, 2, 0).numpy())
+            ax.axis("off")
+            ax.set_title(f"{name}\nP(fake) = {probs[k]:.2f}" if probs is not None else "perturbation (amplified)", fontsize=8)
+    fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_analysis_args(p, MODEL_NAMES)
+    p.add_argument("--attacks", nargs="+", choices=("fgsm", "pgd"), default=["fgsm", "pgd"], help="attacks per budget")
+    p.add_argument("--epsilons", nargs="+", type=float, default=[e * 255 for e in ROBUSTNESS_EPSILONS],
+                   help="L-inf budgets in grey levels of 255 (default: 0 1 2 4 8)")
+    p.add_argument("--steps", type=int, default=DEFAULT_PGD_STEPS, help="PGD steps (default: %(default)s)")
+    p.add_argument("--alpha", type=float, help="PGD step in [0,1] units (default: 2.5 * eps / steps)")
+    p.add_argument("--cw-samples", type=int, default=8, help="fake images attacked by C&W (0 skips it; default: %(default)s)")
+    p.add_argument("--cw-steps", type=int, default=50, help="Adam steps per C&W search round (default: %(default)s)")
+    p.add_argument("--cw-search", type=int, default=4, help="C&W binary-search rounds over c (default: %(default)s)")
+    p.add_argument("--n-examples", type=int, default=4, help="images in the examples figure (default: %(default)s)")
+    p.add_argument("--tag", default="", help="name of this variant in file names and legends (e.g. advpgd)")
+    p.add_argument("--overlay", nargs="*", type=Path, default=[], help="robustness JSON files of other runs to draw too")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    if any(e < 0 or e > 255 for e in args.epsilons):
+        p.error("--epsilons are grey levels in [0, 255], e.g. 0 1 2 4 8")
+    return args
+
+
+def load_overlays(paths: list[Path]) -> list[dict]:
+    """Other runs' robustness results (each file holds a one-element list)."""
+    overlays = []
+    for path in paths:
+        records = read_json_list(path)
+        if not records or "attacks" not in records[0]:
+            raise UserError(f"{path} is not a robustness JSON written by robustness_analysis.py")
+        overlays.append(records[0])
+    return overlays
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    overlays = load_overlays(args.overlay)
+    model, test_dataset, device = load_analysis_inputs(args)
+    name = f"{args.dataset}_{args.model}" + (f"_{args.tag}" if args.tag else "")
+    result: dict = {"model": args.model, "dataset": args.dataset, "checkpoint": str(args.checkpoint_path), "tag": args.tag,
+                    "n_test": len(test_dataset), "pgd_steps": args.steps, "attacks": {}}
+    for attack in args.attacks:
+        rows = []
+        for eps255 in args.epsilons:
+            r = evaluate_under_attack(model, test_dataset, attack, eps255 / 255, args.steps, args.alpha, args.batch_size,
+                                      device, args.seed, not args.no_progress)
+            rows.append({"eps_255": eps255, **r})
+            print(f"{attack.upper():4s} eps {eps255:4.1f}/255: accuracy {r['accuracy']:6.2f}%  AUC "
+                  f"{r['auc'] if r['auc'] is None else round(r['auc'], 4)}  fakes passed as real {r['fake_evasion_rate']}%")
+        result["attacks"][attack] = rows
+
+    labels = np.asarray(dataset_labels(test_dataset))
+    fake_subset = Subset(test_dataset, np.flatnonzero(labels == 1).tolist())
+    if args.cw_samples > 0 and len(fake_subset):
+        images, y = sample_batch(fake_subset, min(args.cw_samples, len(fake_subset)), args.seed)
+        result["cw"] = cw_summary(model, denormalize(images.to(device)), y.to(device), args.cw_steps, args.cw_search)
+        print(f"C&W L2 on {result['cw']['n_images']} fakes: success {result['cw']['success_rate']}%, "
+              f"median L2 {result['cw']['median_l2']}")
+
+    atomic_write_json(args.figures_dir / f"{name}_robustness.json", [result])
+    title = f"{args.model} on {args.dataset}" + (f" ({args.tag})" if args.tag else "") + f": robustness, PGD-{args.steps}"
+    plot_curves(result, overlays, title, args.figures_dir / f"{name}_robustness_curves.png")
+    if len(fake_subset):
+        images, y = sample_batch(fake_subset, min(args.n_examples, len(fake_subset)), args.seed + 1)
+        plot_examples(model, denormalize(images.to(device)), y.to(device), max(args.epsilons) / 255, args.steps,
+                      f"Fake test images pushed towards 'real' ({args.model}, {args.dataset})",
+                      args.figures_dir / f"{name}_adversarial_examples.png")
+    return result
+
+
+if __name__ == "__main__":
+    main()
