@@ -1,0 +1,279 @@
+"""Turn videos or photos into aligned face crops (facenet-pytorch MTCNN) plus a catalog.csv the suite can train on.
+
+    python tools/face_preprocess.py --video-dir videos/ --out-dir data/crops --fps 1
+    python tools/face_preprocess.py --video-dir videos/ --out-dir data --layout assignment --dataset fakes_dataset
+    python tools/face_preprocess.py --image-dir photos/ --out-dir data/crops --label-from none
+
+Labels come from folder names in a source's path (real/original/pristine -> 0, fake/manipulated/deepfakes/... -> 1).
+Every source is assigned to one split (train/val/test, by a hash of its path and --seed), so frames of one video, which
+are near duplicates, never leak across splits. `--layout assignment` writes the crops straight into
+<out>/<dataset>/{train,val,test}/{real,fake}/; the default `flat` layout writes <out>/<real|fake|unlabelled>/.
+catalog.csv (path relative to --out-dir, source, frame_index, timestamp, box, detection probability, label, split) is
+appended per source, so an interrupted run resumes where it stopped; unreadable files are reported and skipped.
+Frames are read with ffmpeg when it is on PATH, else with OpenCV's VideoCapture (--extractor picks one).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import CLASS_NAMES, DATASETS, DEFAULT_SEED, IMAGE_EXTENSIONS  # noqa: E402
+from faces_dataset import CATALOG_COLUMNS  # noqa: E402
+from utils import UserError, cli_main, get_device  # noqa: E402
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+REAL_NAMES = {"real", "original", "original_sequences", "pristine", "youtube", "actors", "0_real"}
+FAKE_NAMES = {"fake", "manipulated", "manipulated_sequences", "deepfakes", "deepfake", "faceswap", "face2face",
+              "neuraltextures", "faceshifter", "synthetic", "1_fake"}
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def label_from_path(relative: Path) -> int | None:
+    """0 / 1 from the first folder name that says real or fake, or None."""
+    for part in relative.parts[:-1]:
+        name = part.lower()
+        if name in REAL_NAMES:
+            return 0
+        if name in FAKE_NAMES:
+            return 1
+    return None
+
+
+def split_of(source: str, fractions: tuple[float, float, float], seed: int) -> str:
+    """A stable split for a source: a hash of (seed, source) mapped into the cumulative fractions."""
+    digest = hashlib.sha256(f"{seed}:{source}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    edges = np.cumsum(fractions) / sum(fractions)
+    return SPLIT_NAMES[int(np.searchsorted(edges, u, side="right"))]
+
+
+def square_box(box: np.ndarray, margin: float, width: int, height: int) -> tuple[int, int, int, int]:
+    """The detection box grown by `margin` (share of its larger side on each side), made square, clipped to the image."""
+    x1, y1, x2, y2 = box
+    side = max(x2 - x1, y2 - y1) * (1 + 2 * margin)
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    side = min(side, width, height)
+    left = int(round(min(max(cx - side / 2, 0), width - side)))
+    top = int(round(min(max(cy - side / 2, 0), height - side)))
+    return left, top, left + int(round(side)), top + int(round(side))
+
+
+def frames_opencv(path: Path, fps: float, max_frames: int) -> Iterator[tuple[int, float, Image.Image]]:
+    """(frame index, timestamp s, RGB image) at about `fps` frames per second, read with OpenCV."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise OSError("OpenCV cannot open it")
+    native = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    step = max(1, int(round(native / fps)))
+    index = taken = 0
+    try:
+        while taken < max_frames:
+            ok = cap.grab()
+            if not ok:
+                break
+            if index % step == 0:
+                ok, bgr = cap.retrieve()
+                if not ok:
+                    break
+                taken += 1
+                yield index, index / native, Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            index += 1
+    finally:
+        cap.release()
+    if taken == 0:
+        raise OSError("no frame could be decoded")
+
+
+def frames_ffmpeg(path: Path, fps: float, max_frames: int) -> Iterator[tuple[int, float, Image.Image]]:
+    """Like frames_opencv, through the ffmpeg binary (frame index counts the sampled frames; timestamp = k / fps)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = ["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-vf", f"fps={fps}", "-frames:v", str(max_frames),
+               str(Path(tmp) / "f%06d.png")]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        files = sorted(Path(tmp).glob("f*.png"))
+        if proc.returncode != 0 or not files:
+            raise OSError(f"ffmpeg could not read it: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'no frames'}")
+        for k, file in enumerate(files):
+            with Image.open(file) as img:
+                yield k, k / fps, img.convert("RGB")
+
+
+class FaceCropper:
+    """MTCNN (its weights ship inside facenet-pytorch: no network) that returns the most confident face per image."""
+
+    def __init__(self, device: str, min_prob: float):
+        from facenet_pytorch import MTCNN
+
+        self.mtcnn = MTCNN(keep_all=True, device=get_device(device), post_process=False)
+        self.min_prob = min_prob
+
+    def detect(self, images: list[Image.Image]) -> list[tuple[np.ndarray, float] | None]:
+        """The best box (x1,y1,x2,y2) and its probability per image, or None below min_prob."""
+        if len({im.size for im in images}) > 1:  # MTCNN batches only same-size images
+            return [r for im in images for r in self.detect([im])]
+        boxes, probs = self.mtcnn.detect(images)
+        found = []
+        for b, p in zip(boxes, probs):
+            if b is None:
+                found.append(None)
+                continue
+            b = np.asarray(b, dtype=np.float32).reshape(-1, 4)
+            p = np.asarray(p, dtype=np.float32).reshape(-1)
+            best = int(p.argmax())
+            found.append((b[best], float(p[best])) if p[best] >= self.min_prob else None)
+        return found
+
+
+def read_catalog(path: Path) -> tuple[list[dict], set[str]]:
+    """Rows of an existing catalog and the sources already in it (for resuming)."""
+    if not path.is_file():
+        return [], set()
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return rows, {r["source"] for r in rows}
+
+
+def append_rows(path: Path, rows: list[dict]) -> None:
+    new = not path.is_file()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CATALOG_COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def crop_folder(args: argparse.Namespace, label: int | None, split: str) -> Path:
+    cls = CLASS_NAMES[label] if label is not None else "unlabelled"
+    if args.layout == "assignment":
+        return Path(args.dataset) / split / cls
+    return Path(cls)
+
+
+def process_source(args, cropper: FaceCropper, path: Path, relative: Path, frames: Iterator) -> list[dict]:
+    """Detect, crop and save the faces of one video or image; returns its catalog rows."""
+    label = label_from_path(relative) if args.label_from == "folder" else None
+    split = split_of(relative.as_posix(), tuple(args.split), args.seed)
+    folder = crop_folder(args, label, split)
+    (args.out_dir / folder).mkdir(parents=True, exist_ok=True)
+    stem = "_".join(relative.with_suffix("").parts)
+    rows = []
+    batch: list[tuple[int, float, Image.Image]] = []
+
+    def flush() -> None:
+        for (index, ts, image), hit in zip(batch, cropper.detect([b[2] for b in batch])):
+            if hit is None:
+                continue
+            box, prob = hit
+            x1, y1, x2, y2 = square_box(box, args.margin, *image.size)
+            crop = image.crop((x1, y1, x2, y2)).resize((args.size, args.size), Image.LANCZOS)
+            name = folder / f"{stem}_f{index:06d}.png"
+            crop.save(args.out_dir / name)
+            rows.append({"path": name.as_posix(), "source": relative.as_posix(), "frame_index": index,
+                         "timestamp": round(ts, 3), "x1": x1, "y1": y1, "x2": x2, "y2": y2, "prob": round(prob, 4),
+                         "label": "" if label is None else label, "split": split})
+        batch.clear()
+
+    for frame in frames:
+        batch.append(frame)
+        if len(batch) == args.batch_size:
+            flush()
+    if batch:
+        flush()
+    return rows
+
+
+def list_sources(root: Path, extensions: tuple[str, ...]) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--video-dir", type=Path, help="folder of videos (searched recursively)")
+    src.add_argument("--image-dir", type=Path, help="folder of photos (searched recursively)")
+    p.add_argument("--out-dir", type=Path, required=True, help="where crops and catalog.csv go")
+    p.add_argument("--fps", type=float, default=1.0, help="frames sampled per second of video (default: %(default)s)")
+    p.add_argument("--max-frames", type=int, default=32, help="at most this many frames per video (default: %(default)s)")
+    p.add_argument("--size", type=int, default=256, help="side of the saved square crops (default: %(default)s)")
+    p.add_argument("--margin", type=float, default=0.3, help="box growth per side, share of its size (default: %(default)s)")
+    p.add_argument("--min-prob", type=float, default=0.95, help="minimum MTCNN face probability (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=16, help="frames per MTCNN batch (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
+    p.add_argument("--label-from", choices=("folder", "none"), default="folder", help="label source (default: folder)")
+    p.add_argument("--layout", choices=("flat", "assignment"), default="flat", help="output layout (default: flat)")
+    p.add_argument("--dataset", choices=DATASETS, default=DATASETS[0], help="dataset folder for --layout assignment")
+    p.add_argument("--split", type=float, nargs=3, default=[0.7, 0.15, 0.15], metavar=("TRAIN", "VAL", "TEST"),
+                   help="split fractions by source (default: 0.7 0.15 0.15)")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the split assignment (default: %(default)s)")
+    p.add_argument("--extractor", choices=("auto", "ffmpeg", "opencv"), default="auto", help="frame reader (default: auto)")
+    args = p.parse_args(argv)
+    if args.layout == "assignment" and args.label_from != "folder":
+        p.error("--layout assignment needs labels: use --label-from folder")
+    if min(args.split) < 0 or sum(args.split) <= 0:
+        p.error("--split fractions must be non-negative and not all zero")
+    return args
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    root = args.video_dir or args.image_dir
+    if not root.is_dir():
+        raise UserError(f"{root} is not a folder")
+    videos = args.video_dir is not None
+    sources = list_sources(root, VIDEO_EXTENSIONS if videos else IMAGE_EXTENSIONS)
+    if not sources:
+        raise UserError(f"no {'videos' if videos else 'images'} found under {root}")
+    extractor = args.extractor
+    if extractor == "auto":
+        extractor = "ffmpeg" if shutil.which("ffmpeg") else "opencv"
+    if videos:
+        print(f"reading frames with {extractor}" + (" (ffmpeg not on PATH)" if extractor == "opencv" else ""))
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    catalog = args.out_dir / "catalog.csv"
+    rows, done = read_catalog(catalog)
+    todo = [s for s in sources if s.relative_to(root).as_posix() not in done]
+    if done:
+        print(f"resuming: {len(sources) - len(todo)} of {len(sources)} sources already in {catalog}")
+    cropper = FaceCropper(args.device, args.min_prob)
+    read = frames_ffmpeg if extractor == "ffmpeg" else frames_opencv
+    skipped = []
+    for path in tqdm(todo, desc="sources", unit="file"):
+        relative = path.relative_to(root)
+        if args.label_from == "folder" and label_from_path(relative) is None:
+            tqdm.write(f"warning: no real/fake folder in {relative}; its crops get no label")
+        try:
+            if videos:
+                frames = read(path, args.fps, args.max_frames)
+            else:
+                with Image.open(path) as img:
+                    frames = iter([(0, 0.0, img.convert("RGB"))])
+            new_rows = process_source(args, cropper, path, relative, frames)
+        except (OSError, SyntaxError, ValueError) as err:
+            tqdm.write(f"skipping {path}: {err}")
+            skipped.append(str(path))
+            continue
+        if not new_rows:
+            tqdm.write(f"no face above probability {args.min_prob} in {relative}")
+        append_rows(catalog, new_rows)
+        rows += new_rows
+    print(f"{len(rows)} face crops from {len(sources) - len(skipped)} sources in {catalog}; {len(skipped)} skipped")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
