@@ -1,6 +1,6 @@
 """Evaluate the bonus model as the assignment does: test AUC on fakes_dataset and the number of parameters.
 
-    python train_main.py -d fakes_dataset -m Bonus -e 10      # trains it and publishes checkpoints/bonus.pt
+    python train_main.py -d fakes_dataset -m Bonus --lr 0.01 -e 12   # trains it and publishes checkpoints/bonus.pt
     python bonus_main.py                                       # prints AUC and parameter count
 """
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 from sklearn.metrics import roc_auc_score
 
 from bonus_model import my_bonus_model
+from models import checkpoint_image_size
 from common import BONUS_CHECKPOINT, DATA_ROOT
 from numerical_analysis import get_soft_scores_and_true_labels
 from utils import cli_main, get_device, get_nof_params, load_dataset
@@ -20,7 +21,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, default=BONUS_CHECKPOINT, help="bonus checkpoint (default: %(default)s)")
     p.add_argument("--data-root", type=Path, default=DATA_ROOT, help="folder holding the datasets (default: %(default)s)")
-    p.add_argument("--image-size", type=int, default=256, help="input side in pixels (default: %(default)s)")
+    p.add_argument("--image-size", type=int, help="input side in pixels (default: the size the model was trained at)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     p.add_argument("--limit", type=int, help="use at most this many test images")
     return p.parse_args(argv)
@@ -31,7 +32,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device = get_device(args.device)
     model = my_bonus_model(args.checkpoint, device)
-    test_dataset = load_dataset("fakes_dataset", "test", args.data_root, args.image_size, args.limit)
+    image_size = args.image_size or checkpoint_image_size(args.checkpoint)
+    test_dataset = load_dataset("fakes_dataset", "test", args.data_root, image_size, args.limit)
     _, fake_scores, labels = get_soft_scores_and_true_labels(test_dataset, model, device=device)
     result = {"auc": float(roc_auc_score(labels, fake_scores)), "n_params": get_nof_params(model)}
     print(f"Bonus model: test AUC {result['auc']:.4f} on fakes_dataset, {result['n_params']:,d} parameters")

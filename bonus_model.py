@@ -1,11 +1,13 @@
-"""The bonus detector: a compact CNN chosen for test AUC per parameter on fakes_dataset (about 25 k parameters).
+"""The bonus detector: a compact CNN chosen for test AUC per parameter on fakes_dataset (27,826 parameters).
 
 Design, for artefacts rather than semantics: a face swap leaves seams, blur and colour shifts, and a GAN leaves
 periodic upsampling traces; all are local, so a narrow stack of depthwise-separable blocks with BatchNorm and global
 average pooling sees enough, and no large fully connected layer is needed (SimpleNet spends 98 % of its 16.9 M
-parameters in fc1). The stem keeps full resolution for one layer so high-frequency traces are not averaged away.
+parameters in fc1). A stride-2 stem keeps the compute at a third of SimpleNet's. Selected on the validation split of
+the demo data (train/val only): widths 16-32-48-64-96-128 with Adam at lr 1e-2 reached val AUC 0.95 in 8 epochs, where
+the narrower 16-24-32-64-96-128 at lr 3e-3 reached 0.80.
 
-    python train_main.py -d fakes_dataset -m Bonus -e 10      # also publishes checkpoints/bonus.pt
+    python train_main.py -d fakes_dataset -m Bonus --lr 0.01 -e 12      # also publishes checkpoints/bonus.pt
     python bonus_main.py                                       # test AUC and parameter count
 """
 from __future__ import annotations
@@ -30,11 +32,11 @@ def _separable(in_ch: int, out_ch: int, stride: int) -> nn.Sequential:
 
 
 class BonusNet(nn.Module):
-    """Stem 3->16 (full resolution), five separable blocks down to 1/32, global average pool, dropout, linear 128->2."""
+    """Stem 3->16 (stride 2), five separable blocks down to 1/64, global average pool, dropout, linear 128->2."""
 
-    def __init__(self, widths: tuple[int, ...] = (16, 24, 32, 64, 96, 128), dropout: float = 0.2):
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 48, 64, 96, 128), dropout: float = 0.2):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 2, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
         self.blocks = nn.Sequential(*[_separable(a, b, 2) for a, b in zip(widths[:-1], widths[1:])])
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(widths[-1], 2))
 

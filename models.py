@@ -156,12 +156,18 @@ def load_model_from_checkpoint(
     return model.to(device).eval(), ckpt
 
 
+def checkpoint_image_size(path: str | Path) -> int:
+    """The input size a checkpoint of train_main.py was trained at (the assignment's 256 for bare state dicts)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    return int(ckpt.get("model_kwargs", {}).get("image_size", IMAGE_SIZE)) if isinstance(ckpt, dict) else IMAGE_SIZE
+
+
 def load_analysis_inputs(args: Any) -> tuple[nn.Module, torch.utils.data.Dataset, torch.device]:
     """For the analysis scripts: seed, device, the checkpoint's model (eval mode) and the test split at its image size."""
     set_seed(args.seed)
     device = get_device(args.device)
     model, ckpt = load_model_from_checkpoint(args.checkpoint_path, device, expected_model=args.model)
-    image_size = ckpt.get("model_kwargs", {}).get("image_size", IMAGE_SIZE)
+    image_size = int(ckpt.get("model_kwargs", {}).get("image_size", IMAGE_SIZE))
     dataset = load_dataset(args.dataset, "test", args.data_root, image_size, args.limit)
     return model, dataset, device
 

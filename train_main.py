@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"{len(train_ds)} train / {len(val_ds)} val / {len(test_ds)} test images, device {device}"
     )
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    config.update(n_params=get_nof_params(model), n_params_total=sum(p.numel() for p in model.parameters()),
+                  device=str(device), torch=torch.__version__)
     trainer = Trainer(
         model, optimizer, nn.CrossEntropyLoss(), args.batch_size, train_ds, val_ds, test_ds,
         device=device, num_workers=args.num_workers, seed=args.seed, out_dir=args.out_dir,

@@ -282,6 +282,7 @@ class Trainer:
                 "dataset": lp.dataset_name,
                 "optimizer": {"name": lp.optimizer_name, "params": lp.optimizer_params},
                 **{key: [] for key in HISTORY_KEYS},
+                "tag": lp.tag,
                 "run_id": uuid.uuid4().hex[:12],
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "seed": self.seed,

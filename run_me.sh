@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Run the whole pipeline: set-up, data, every assignment step, the bonus model, the adversarial steps, a summary.
+#
+#   ./run_me.sh                                   # on the built-in demo data (generated on first use into data/)
+#   ./run_me.sh --data-root /path/to/datasets     # on the real data: <root>/{fakes_dataset,synthetic_dataset}/...
+#   ./run_me.sh --quick                           # a few minutes on a laptop CPU: small images, few samples and epochs
+#
+# Options: --data-root DIR (or DATA_ROOT=DIR), --quick, --device auto|cpu|cuda|mps, --image-size N, --no-pretrained
+# (train XceptionBased from random weights), --skip-setup (use the current .venv as is), -h.
+# Outputs: figures/*.png, out/*.json logs, checkpoints/*.pt, out/summary.md (results table and wall time per step).
+# It stops at the first failing step and names it.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
+QUICK=0; DEVICE=auto; IMAGE_SIZE=""; NO_PRETRAINED=0; SKIP_SETUP=0
+DATA_ROOT_ARG="${DATA_ROOT:-}"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --data-root) DATA_ROOT_ARG="${2:?--data-root needs a folder}"; shift 2 ;;
+    --quick) QUICK=1; shift ;;
+    --device) DEVICE="${2:?--device needs a value}"; shift 2 ;;
+    --image-size) IMAGE_SIZE="${2:?--image-size needs a number}"; shift 2 ;;
+    --no-pretrained) NO_PRETRAINED=1; shift ;;
+    --skip-setup) SKIP_SETUP=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "error: unknown option $1" >&2; usage >&2; exit 2 ;;
+  esac
+done
+
+if [ "${FMD_NO_VENV:-0}" = "1" ]; then PY=${PYTHON:-python3}; else PY=.venv/bin/python; fi
+[ "$SKIP_SETUP" = "1" ] || bash tools/setup_env.sh
+export PYTHONUNBUFFERED=1
+WORK="${FMD_WORK_DIR:-.}"
+OUT="$WORK/out"; FIG="$WORK/figures"; CKPT="$WORK/checkpoints"
+mkdir -p "$OUT"
+TIMES="$OUT/run_me_times.tsv"; : > "$TIMES"
+T0=$(date +%s)
+
+step() {  # step NAME COMMAND...: run, time, and stop the pipeline with the step's name if it fails
+  local name="$1"; shift
+  local start; start=$(date +%s)
+  echo; echo "==> $name"
+  if ! "$@"; then
+    echo; echo "run_me.sh: FAILED at step '$name' (command: $*)" >&2
+    exit 1
+  fi
+  printf '%s\t%s\n' "$name" "$(( $(date +%s) - start ))" >> "$TIMES"
+}
+
+# ---- data ---------------------------------------------------------------------------------------------------
+DEMO=0
+if [ -n "$DATA_ROOT_ARG" ]; then
+  ROOT="$DATA_ROOT_ARG"
+  [ -d "$ROOT/fakes_dataset" ] && [ -d "$ROOT/synthetic_dataset" ] || {
+    echo "error: $ROOT must hold fakes_dataset/ and synthetic_dataset/ (each with train/val/test/{real,fake}/)" >&2; exit 2; }
+else
+  ROOT=data
+  DEMO=1
+  if [ ! -d "$ROOT/fakes_dataset" ] || [ ! -d "$ROOT/synthetic_dataset" ]; then
+    if [ "$QUICK" = "1" ]; then
+      step "generate demo data (quick)" "$PY" tools/make_demo_dataset.py --out-dir "$ROOT" --size 128 --train 64 --val 32 --test 32
+    else
+      step "generate demo data" "$PY" tools/make_demo_dataset.py --out-dir "$ROOT"
+    fi
+  fi
+  [ -f "$ROOT/DEMO_DATA.txt" ] || DEMO=0
+fi
+echo "data: $ROOT$([ "$DEMO" = 1 ] && echo ' (built-in synthetic demo data)')"
+
+# ---- budgets: the assignment's, or small ones for --quick -----------------------------------------------------
+if [ "$QUICK" = "1" ]; then
+  SIZE=${IMAGE_SIZE:-128}; LIMIT=(--limit 64); XLIMIT=(--limit 24)
+  E_SIMPLE=2; E_XCEPTION=1; E_BONUS=3; E_ADV=2; ADV_STEPS=2
+  ROBUST=(--epsilons 0 2 8 --steps 3 --cw-samples 2 --cw-steps 10 --cw-search 2 --limit 32)
+else
+  SIZE=${IMAGE_SIZE:-256}; LIMIT=(); XLIMIT=()
+  E_SIMPLE=5; E_XCEPTION=2; E_BONUS=12; E_ADV=5; ADV_STEPS=3
+  ROBUST=()
+fi
+COMMON=(--data-root "$ROOT" --device "$DEVICE" --no-progress --out-dir "$OUT" --checkpoint-dir "$CKPT" --image-size "$SIZE")
+ANALYSIS=(--data-root "$ROOT" --device "$DEVICE" --figures-dir "$FIG")
+
+# XceptionBased needs ImageNet weights: check before hours of training, not after.
+check_weights() {  # prints the reason and fails when the ImageNet Xception weights cannot be had
+  "$PY" -c "import sys
+from utils import UserError
+from xception import build_xception_backbone
+try:
+    build_xception_backbone()
+except UserError as err:
+    sys.exit(str(err))"
+}
+XCEPTION_FLAGS=()
+if [ "$NO_PRETRAINED" = "1" ]; then
+  XCEPTION_FLAGS=(--no-pretrained)
+elif [ "$DEMO" = "1" ]; then
+  if ! WHY=$(FMD_OFFLINE=1 check_weights 2>&1); then
+    echo "note: on the demo data XceptionBased is trained from random weights, since $WHY"
+    XCEPTION_FLAGS=(--no-pretrained)
+  fi
+elif ! check_weights; then
+  echo "error: XceptionBased needs ImageNet weights (see above), or run with --no-pretrained" >&2; exit 2
+fi
+
+train() { "$PY" train_main.py "${COMMON[@]}" "$@"; }
+plot() { "$PY" plot_accuracy_and_loss.py -m "$1" -j "$OUT/$2_$1_Adam.json" -d "$2" --figures-dir "$FIG"; }
+analyse() { "$PY" "$1" -m "$2" -cpp "$CKPT/$3_$2_Adam.pt" -d "$3" "${ANALYSIS[@]}" "${@:4}"; }
+
+# ---- the assignment, in order ----------------------------------------------------------------------------------
+step "sample grid" "$PY" plot_samples_of_faces_dataset.py --data-root "$ROOT" --figures-dir "$FIG"
+
+step "train SimpleNet on fakes_dataset" train -d fakes_dataset -m SimpleNet --lr 0.001 -b 32 -e "$E_SIMPLE" -o Adam "${LIMIT[@]}"
+step "curves SimpleNet fakes_dataset" plot SimpleNet fakes_dataset
+step "ROC/DET SimpleNet fakes_dataset" analyse numerical_analysis.py SimpleNet fakes_dataset
+
+step "train SimpleNet on synthetic_dataset" train -d synthetic_dataset -m SimpleNet --lr 0.001 -b 32 -e "$E_SIMPLE" -o Adam "${LIMIT[@]}"
+step "curves SimpleNet synthetic_dataset" plot SimpleNet synthetic_dataset
+step "ROC/DET SimpleNet synthetic_dataset" analyse numerical_analysis.py SimpleNet synthetic_dataset
+
+step "train XceptionBased on synthetic_dataset" train -d synthetic_dataset -m XceptionBased --lr 0.001 -b 32 \
+  -e "$E_XCEPTION" -o Adam "${XCEPTION_FLAGS[@]}" "${XLIMIT[@]}"
+step "curves XceptionBased synthetic_dataset" plot XceptionBased synthetic_dataset
+step "ROC/DET XceptionBased synthetic_dataset" analyse numerical_analysis.py XceptionBased synthetic_dataset "${XLIMIT[@]}"
+
+step "saliency SimpleNet fakes_dataset" analyse saliency_map.py SimpleNet fakes_dataset
+step "saliency XceptionBased synthetic_dataset" analyse saliency_map.py XceptionBased synthetic_dataset "${XLIMIT[@]}"
+step "Grad-CAM SimpleNet fakes_dataset" analyse grad_cam_analysis.py SimpleNet fakes_dataset
+step "Grad-CAM SimpleNet synthetic_dataset" analyse grad_cam_analysis.py SimpleNet synthetic_dataset
+step "Grad-CAM XceptionBased synthetic_dataset" analyse grad_cam_analysis.py XceptionBased synthetic_dataset
+
+# ---- bonus: the compact model, published to checkpoints/bonus.pt ----------------------------------------------------
+step "train Bonus on fakes_dataset" train -d fakes_dataset -m Bonus --lr 0.01 -b 32 -e "$E_BONUS" -o Adam "${LIMIT[@]}"
+step "evaluate bonus model" "$PY" bonus_main.py --checkpoint "$CKPT/bonus.pt" --data-root "$ROOT" --device "$DEVICE"
+
+# ---- adversarial: attack the plain SimpleNet, train a PGD-hardened one, compare --------------------------------------
+step "robustness SimpleNet fakes_dataset" analyse robustness_analysis.py SimpleNet fakes_dataset --no-progress "${ROBUST[@]}"
+step "adversarial training SimpleNet (PGD)" train -d fakes_dataset -m SimpleNet --lr 0.001 -b 32 -e "$E_ADV" -o Adam \
+  --adv pgd --steps "$ADV_STEPS" --adv-ratio 0.5 "${LIMIT[@]}"
+step "robustness SimpleNet fakes_dataset (PGD-trained)" "$PY" robustness_analysis.py -m SimpleNet \
+  -cpp "$CKPT/fakes_dataset_SimpleNet_Adam_advpgd.pt" -d fakes_dataset "${ANALYSIS[@]}" --tag advpgd --no-progress \
+  --overlay "$FIG/fakes_dataset_SimpleNet_robustness.json" "${ROBUST[@]}"
+
+# ---- summary --------------------------------------------------------------------------------------------------
+"$PY" tools/summarize_run.py --out-dir "$OUT" --figures-dir "$FIG" --times "$TIMES"
+echo "run_me.sh: done in $(( $(date +%s) - T0 )) s; figures in $FIG, logs in $OUT, checkpoints in $CKPT"

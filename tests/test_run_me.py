@@ -1,0 +1,63 @@
+"""End-to-end smoke test: ./run_me.sh --quick on tiny 64x64 data writes every figure, log and the summary."""
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+from conftest import REPO
+
+from make_demo_dataset import generate
+
+EXPECTED_FIGURES = ["datasets_samples.png"] + [
+    f"{prefix}_{kind}.png"
+    for prefix in ("fakes_dataset_SimpleNet", "synthetic_dataset_SimpleNet", "synthetic_dataset_XceptionBased")
+    for kind in ("losses_plot", "accuracies_plot", "roc_curve", "det_curve", "Real_Image_grad_cam", "Fake_Image_grad_cam")
+] + [
+    "fakes_dataset_SimpleNet_saliency_maps_and_images_pairs.png", "fakes_dataset_SimpleNet_mean_saliency_maps.png",
+    "synthetic_dataset_XceptionBased_saliency_maps_and_images_pairs.png",
+    "synthetic_dataset_XceptionBased_mean_saliency_maps.png",
+    "fakes_dataset_SimpleNet_robustness_curves.png", "fakes_dataset_SimpleNet_adversarial_examples.png",
+    "fakes_dataset_SimpleNet_advpgd_robustness_curves.png", "fakes_dataset_SimpleNet_advpgd_adversarial_examples.png",
+]
+
+
+@pytest.mark.slow
+def test_run_me_quick_end_to_end(tmp_path):
+    data = tmp_path / "data"
+    generate(data, 64, {"train": 12, "val": 12, "test": 12}, 0.5, seed=1, progress=False)
+    work = tmp_path / "work"
+    env = {**os.environ, "FMD_WORK_DIR": str(work), "FMD_OFFLINE": "1"}
+    proc = subprocess.run(["bash", "run_me.sh", "--quick", "--no-pretrained", "--skip-setup", "--image-size", "64",
+                           "--data-root", str(data), "--device", "cpu"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    figures = {p.name for p in (work / "figures").glob("*.png")}
+    assert set(EXPECTED_FIGURES) <= figures, sorted(set(EXPECTED_FIGURES) - figures)
+    summary = (work / "out" / "summary.md").read_text()
+    for row in ("| SimpleNet | fakes_dataset |", "| SimpleNet | synthetic_dataset |",
+                "| XceptionBased (random init) | synthetic_dataset |", "| Bonus | fakes_dataset |",
+                "| SimpleNet (advpgd) | fakes_dataset |", "| **total** |"):
+        assert row in summary
+    assert (work / "checkpoints" / "bonus.pt").is_file()
+    assert "Bonus model: test AUC" in proc.stdout
+    assert "run_me.sh: done" in proc.stdout
+
+
+def test_run_me_bad_input_and_the_failing_step_is_named(tmp_path):
+    env = {**os.environ, "FMD_WORK_DIR": str(tmp_path)}
+    proc = subprocess.run(["bash", "run_me.sh", "--skip-setup", "--data-root", str(tmp_path / "nothing")], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "must hold fakes_dataset/ and synthetic_dataset/" in proc.stderr
+    proc = subprocess.run(["bash", "run_me.sh", "--bogus"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "unknown option --bogus" in proc.stderr
+    data = tmp_path / "broken"
+    generate(data, 32, {"train": 2, "val": 2, "test": 2}, 0.5, seed=1, progress=False)
+    for image in (data / "synthetic_dataset" / "train" / "real").iterdir():
+        image.unlink()
+    (data / "synthetic_dataset" / "train" / "real").rmdir()
+    proc = subprocess.run(["bash", "run_me.sh", "--skip-setup", "--no-pretrained", "--data-root", str(data)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "synthetic_dataset/train/real does not exist" in proc.stderr
+    assert "FAILED at step 'sample grid'" in proc.stderr

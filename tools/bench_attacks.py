@@ -1,0 +1,74 @@
+"""Benchmark: the cost of an FGSM / PGD-k attack on one batch, relative to one clean training step.
+
+    python tools/bench_attacks.py                          # SimpleNet, batch 32, 256x256, k = 10
+    python tools/bench_attacks.py --model Bonus --steps 3 --image-size 128
+
+A PGD-k attack is k forward/backward passes w.r.t. the input, so it should cost about k clean training steps (a step
+also updates the weights, an attack step does not), and one PGD-k adversarial-training step about k + 1. Prints each
+as a multiple of a clean step; the attacks add nothing beyond their passes when the ratio stays near k.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from attacks import fgsm_attack, pgd_attack  # noqa: E402
+from bench_train import timed  # noqa: E402
+from common import DEFAULT_BATCH_SIZE, IMAGE_SIZE  # noqa: E402
+from models import MODEL_NAMES, build_model  # noqa: E402
+from utils import get_device, set_seed  # noqa: E402
+
+
+def measure(model_name: str, batch_size: int, image_size: int, steps: int, repeats: int, device: torch.device) -> dict:
+    """Median seconds of a clean training step, an FGSM and a PGD-k attack on one random batch."""
+    set_seed(0)
+    model = build_model(model_name, pretrained=False, image_size=image_size).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
+    x = torch.rand(batch_size, 3, image_size, image_size, device=device)
+    y = torch.randint(0, 2, (batch_size,), device=device)
+
+    def train_step() -> None:
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    runs = {"clean_step": train_step, "fgsm": lambda: fgsm_attack(model, x, y),
+            f"pgd{steps}": lambda: pgd_attack(model, x, y, steps=steps)}
+    for fn in runs.values():
+        fn()  # warm-up
+    seconds = {name: statistics.median(timed(fn) for _ in range(repeats)) for name, fn in runs.items()}
+    result = {"model": model_name, "batch_size": batch_size, "image_size": image_size, "device": str(device),
+              "pgd_steps": steps, "seconds": seconds}
+    result["relative_to_clean_step"] = {k: v / seconds["clean_step"] for k, v in seconds.items()}
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=MODEL_NAMES, default="SimpleNet")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    p.add_argument("--image-size", type=int, default=IMAGE_SIZE)
+    p.add_argument("--steps", type=int, default=10, help="PGD steps k (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    r = measure(args.model, args.batch_size, args.image_size, args.steps, args.repeats, get_device(args.device))
+    print(f"{r['model']} batch {r['batch_size']} {r['image_size']}px on {r['device']}:")
+    for name, sec in r["seconds"].items():
+        print(f"  {name:11s} {sec:8.3f} s  = {r['relative_to_clean_step'][name]:5.2f} clean steps")
+    k = args.steps
+    print(f"  PGD-{k} adversarial training step ~ {1 + r['relative_to_clean_step'][f'pgd{k}']:.2f} clean steps "
+          f"(target: about k + 1 = {k + 1})")
+    return r
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Performance report: training / inference images per second per model, data loading, Trainer overhead.
+
+    python tools/bench_report.py                      # batch 32 at 256x256 on the current device -> out/bench.json
+    python tools/bench_report.py --models SimpleNet Bonus --steps 2
+
+Model throughput uses a random batch (compute only, the median of --steps timed steps after one warm-up). Data
+loading reads FacesDataset images through the DataLoader with the suite's worker count and with workers=0. The
+Trainer's overhead is tools/bench_train.py's ratio against a bare loop.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_train import compare, timed  # noqa: E402
+from common import DATA_ROOT, DEFAULT_BATCH_SIZE, IMAGE_SIZE, OUT_DIR  # noqa: E402
+from models import build_model  # noqa: E402
+from utils import atomic_write_json, default_num_workers, get_device, get_nof_params, load_dataset, make_loader  # noqa: E402
+
+
+def model_throughput(name: str, batch_size: int, image_size: int, steps: int, device: torch.device) -> dict:
+    """Training and inference images/second of one model on random batches."""
+    model = build_model(name, pretrained=False, image_size=image_size).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-6)
+    x = torch.randn(batch_size, 3, image_size, image_size, device=device)
+    y = torch.randint(0, 2, (batch_size,), device=device)
+
+    def train_step() -> None:
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    def infer_step() -> None:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+
+    result = {"params": get_nof_params(model)}
+    for key, fn in (("train_img_s", train_step), ("infer_img_s", infer_step)):
+        fn()
+        result[key] = batch_size / statistics.median(timed(fn) for _ in range(steps))
+    return result
+
+
+def loading_throughput(data_root: Path, batch_size: int, image_size: int, limit: int, device: torch.device) -> dict:
+    """Images/second FacesDataset delivers through the DataLoader, with the default workers and with none."""
+    dataset = load_dataset("fakes_dataset", "train", data_root, image_size, limit)
+    result = {}
+    for workers in sorted({0, default_num_workers()}):
+        loader = make_loader(dataset, batch_size, True, device, workers)
+        next(iter(loader))  # start the workers
+        result[f"workers_{workers}_img_s"] = len(dataset) / timed(lambda: [None for _ in loader])  # noqa: B023
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["SimpleNet", "XceptionBased", "Bonus"])
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    p.add_argument("--image-size", type=int, default=IMAGE_SIZE)
+    p.add_argument("--steps", type=int, default=3, help="timed steps per model (default: %(default)s)")
+    p.add_argument("--data-root", type=Path, default=DATA_ROOT, help="needs fakes_dataset/train (default: %(default)s)")
+    p.add_argument("--limit", type=int, default=128, help="images for the loading and overhead runs (default: %(default)s)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path, default=OUT_DIR / "bench.json")
+    args = p.parse_args(argv)
+    device = get_device(args.device)
+    report = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "batch_size": args.batch_size, "image_size": args.image_size, "models": {}}
+    for name in args.models:
+        report["models"][name] = model_throughput(name, args.batch_size, args.image_size, args.steps, device)
+        m = report["models"][name]
+        print(f"{name:14s} {m['params']:>12,d} params  train {m['train_img_s']:8.1f} img/s  infer {m['infer_img_s']:8.1f} img/s")
+    report["loading"] = loading_throughput(args.data_root, args.batch_size, args.image_size, args.limit, device)
+    print("data loading: " + ", ".join(f"{k.replace('_img_s', '')} {v:.0f} img/s" for k, v in report["loading"].items()))
+    report["trainer_overhead"] = compare("SimpleNet", args.data_root, args.limit, args.batch_size, args.image_size, 2, device)
+    print(f"Trainer vs bare loop (SimpleNet): ratio {report['trainer_overhead']['ratio']:.3f} (target >= 0.9)")
+    atomic_write_json(args.out, report)
+    print(f"saved {args.out}")
+    print(json.dumps({"device": report["device"], "threads": report["threads"]}))
+    return report
+
+
+if __name__ == "__main__":
+    main()
