@@ -132,6 +132,7 @@ step "Grad-CAM XceptionBased synthetic_dataset" analyse grad_cam_analysis.py Xce
 # ---- bonus: the compact model, published to checkpoints/bonus.pt ----------------------------------------------------
 step "train Bonus on fakes_dataset" train -d fakes_dataset -m Bonus --lr 0.01 -b 32 -e "$E_BONUS" -o Adam "${LIMIT[@]}"
 step "evaluate bonus model" "$PY" bonus_main.py --checkpoint "$CKPT/bonus.pt" --data-root "$ROOT" --device "$DEVICE"
+step "ROC/DET Bonus fakes_dataset" analyse numerical_analysis.py Bonus fakes_dataset
 
 # ---- adversarial: attack the plain SimpleNet, train a PGD-hardened one, compare --------------------------------------
 step "robustness SimpleNet fakes_dataset" analyse robustness_analysis.py SimpleNet fakes_dataset --no-progress "${ROBUST[@]}"

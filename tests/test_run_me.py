@@ -14,6 +14,7 @@ EXPECTED_FIGURES = ["datasets_samples.png"] + [
     for prefix in ("fakes_dataset_SimpleNet", "synthetic_dataset_SimpleNet", "synthetic_dataset_XceptionBased")
     for kind in ("losses_plot", "accuracies_plot", "roc_curve", "det_curve", "Real_Image_grad_cam", "Fake_Image_grad_cam")
 ] + [
+    "fakes_dataset_Bonus_roc_curve.png", "fakes_dataset_Bonus_det_curve.png",
     "fakes_dataset_SimpleNet_saliency_maps_and_images_pairs.png", "fakes_dataset_SimpleNet_mean_saliency_maps.png",
     "synthetic_dataset_XceptionBased_saliency_maps_and_images_pairs.png",
     "synthetic_dataset_XceptionBased_mean_saliency_maps.png",

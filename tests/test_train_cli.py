@@ -70,3 +70,21 @@ def test_plot_errors(tmp_path, capsys):
 def test_sample_grid(demo_root, tmp_path):
     path = plot_samples_of_faces_dataset.main(["--data-root", str(demo_root), "--figures-dir", str(tmp_path), "--n", "3"])
     assert path.name == "datasets_samples.png" and path.stat().st_size > 10000
+
+
+def test_train_on_a_catalog(tmp_path):
+    from PIL import Image
+
+    lines = ["path,source,label,split"]
+    for split in ("train", "val", "test"):
+        for i in range(4):
+            label = i % 2
+            name = f"crops/{split}_{i}.png"
+            (tmp_path / "crops").mkdir(exist_ok=True)
+            Image.new("RGB", (64, 64), (200 * label, 50, 50)).save(tmp_path / name)
+            lines.append(f"{name},{split}_{i}.mp4,{label},{split}")
+    (tmp_path / "catalog.csv").write_text("\n".join(lines) + "\n")
+    record = train_main.main(["--catalog", str(tmp_path / "catalog.csv"), "-m", "SimpleNet", "-e", "1", "-b", "4",
+                              "--image-size", "64", "--out-dir", str(tmp_path / "out"), "--checkpoint-dir",
+                              str(tmp_path / "ckpt"), "--no-progress", "--num-workers", "0"])
+    assert len(record["train_acc"]) == 1 and record["config"]["catalog"] == str(tmp_path / "catalog.csv")
