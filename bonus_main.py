@@ -11,8 +11,8 @@ from pathlib import Path
 from sklearn.metrics import roc_auc_score
 
 from bonus_model import my_bonus_model
-from models import checkpoint_image_size
 from common import BONUS_CHECKPOINT, DATA_ROOT
+from models import checkpoint_image_size
 from numerical_analysis import get_soft_scores_and_true_labels
 from utils import cli_main, get_device, get_nof_params, load_dataset
 

@@ -25,8 +25,18 @@ from attacks import attack_batch, cw_attack
 from common import DEFAULT_PGD_STEPS, ROBUSTNESS_EPSILONS
 from models import MODEL_NAMES, load_analysis_inputs
 from utils import (
-    UserError, add_analysis_args, atomic_write_json, cli_main, dataset_labels, denormalize, make_loader, new_figure,
-    normalize, read_json_list, sample_batch, save_figure,
+    UserError,
+    add_analysis_args,
+    atomic_write_json,
+    cli_main,
+    dataset_labels,
+    denormalize,
+    make_loader,
+    new_figure,
+    normalize,
+    read_json_list,
+    sample_batch,
+    save_figure,
 )
 
 

@@ -5,7 +5,12 @@ import torch
 
 from bonus_model import BonusNet, my_bonus_model
 from models import (
-    SimpleNet, build_model, cam_target_layer, get_resnet50_model, get_xception_based_model, load_model_from_checkpoint,
+    SimpleNet,
+    build_model,
+    cam_target_layer,
+    get_resnet50_model,
+    get_xception_based_model,
+    load_model_from_checkpoint,
     mlp_head_extra_params,
 )
 from utils import UserError, get_nof_params

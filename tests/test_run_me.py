@@ -5,8 +5,8 @@ import os
 import subprocess
 
 import pytest
-from conftest import REPO
 
+from conftest import REPO
 from make_demo_dataset import generate
 
 EXPECTED_FIGURES = ["datasets_samples.png"] + [

@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
-from conftest import TinyNet, separable_toy_set
 from torch import nn
 
+from conftest import TinyNet, separable_toy_set
 from trainer import HISTORY_KEYS, LoggingParameters, MetricAccumulator, Trainer
 from utils import UserError
 

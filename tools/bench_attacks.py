@@ -15,31 +15,20 @@ import sys
 from pathlib import Path
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from attacks import fgsm_attack, pgd_attack  # noqa: E402
-from bench_train import timed  # noqa: E402
+from bench_train import random_batch_setup, timed  # noqa: E402
 from common import DEFAULT_BATCH_SIZE, IMAGE_SIZE  # noqa: E402
-from models import MODEL_NAMES, build_model  # noqa: E402
+from models import MODEL_NAMES  # noqa: E402
 from utils import get_device, set_seed  # noqa: E402
 
 
 def measure(model_name: str, batch_size: int, image_size: int, steps: int, repeats: int, device: torch.device) -> dict:
     """Median seconds of a clean training step, an FGSM and a PGD-k attack on one random batch."""
     set_seed(0)
-    model = build_model(model_name, pretrained=False, image_size=image_size).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
-    x = torch.rand(batch_size, 3, image_size, image_size, device=device)
-    y = torch.randint(0, 2, (batch_size,), device=device)
-
-    def train_step() -> None:
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
-
+    model, x, y, train_step = random_batch_setup(model_name, batch_size, image_size, device)
     runs = {"clean_step": train_step, "fgsm": lambda: fgsm_attack(model, x, y),
             f"pgd{steps}": lambda: pgd_attack(model, x, y, steps=steps)}
     for fn in runs.values():

@@ -16,28 +16,17 @@ import sys
 from pathlib import Path
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import compare, timed  # noqa: E402
+from bench_train import compare, random_batch_setup, timed  # noqa: E402
 from common import DATA_ROOT, DEFAULT_BATCH_SIZE, IMAGE_SIZE, OUT_DIR  # noqa: E402
-from models import build_model  # noqa: E402
 from utils import atomic_write_json, default_num_workers, get_device, get_nof_params, load_dataset, make_loader  # noqa: E402
 
 
 def model_throughput(name: str, batch_size: int, image_size: int, steps: int, device: torch.device) -> dict:
     """Training and inference images/second of one model on random batches."""
-    model = build_model(name, pretrained=False, image_size=image_size).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-6)
-    x = torch.randn(batch_size, 3, image_size, image_size, device=device)
-    y = torch.randint(0, 2, (batch_size,), device=device)
-
-    def train_step() -> None:
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
+    model, x, _, train_step = random_batch_setup(name, batch_size, image_size, device)
 
     def infer_step() -> None:
         model.eval()

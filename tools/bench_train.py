@@ -37,6 +37,22 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def random_batch_setup(model_name: str, batch_size: int, image_size: int, device: torch.device):
+    """(model, x, y, train_step): a fresh model, a random [0,1] batch, and one clean SGD step on it (compute only)."""
+    model = build_model(model_name, pretrained=False, image_size=image_size).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
+    x = torch.rand(batch_size, 3, image_size, image_size, device=device)
+    y = torch.randint(0, 2, (batch_size,), device=device)
+
+    def train_step() -> None:
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    return model, x, y, train_step
+
+
 def bare_epoch(model: nn.Module, loader, optimizer, device: torch.device) -> None:
     """The reference: a plain training loop over the loader."""
     model.train()
