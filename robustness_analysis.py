@@ -95,7 +95,7 @@ def plot_curves(result: dict, overlays: list[dict], title: str, path: Path) -> P
     """Accuracy and AUC against eps (in /255), one line per attack and run."""
     fig, axes = new_figure(1, 2, figsize=(11, 4.2))
     for run, style in [(result, "-o")] + [(o, "--s") for o in overlays]:
-        label = run.get("tag") or "this run"
+        label = run.get("tag") or "plain"
         for attack, rows in run["attacks"].items():
             eps = [r["eps_255"] for r in rows]
             axes[0].plot(eps, [r["accuracy"] for r in rows], style, label=f"{attack.upper()} ({label})")
