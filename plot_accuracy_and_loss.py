@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from matplotlib.ticker import MaxNLocator
+
 from common import DATASETS, FIGURES_DIR
 from models import MODEL_NAMES
 from utils import UserError, cli_main, new_figure, read_json_list, save_figure
@@ -52,6 +54,7 @@ def plot_metric(record: dict, metric: str, title: str, path: Path) -> Path:
     if best:
         ax.axvline(best, color="grey", linestyle=":", label=f"best val (epoch {best})")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("accuracy (%)" if metric == "acc" else "loss (cross-entropy)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
