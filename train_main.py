@@ -38,9 +38,19 @@ from common import (
     OUT_DIR,
 )
 from faces_dataset import CatalogDataset
-from models import MODEL_NAMES, PRETRAINED_MODELS, build_model
+from models import MODEL_NAMES, PRETRAINED_MODELS, build_model, load_model_from_checkpoint
 from trainer import AdversarialConfig, LoggingParameters, Trainer, optimizer_params_for_log
-from utils import cli_main, evenly_spaced_subset, get_device, get_nof_params, get_transforms, is_demo_data, load_dataset, set_seed
+from utils import (
+    UserError,
+    cli_main,
+    evenly_spaced_subset,
+    get_device,
+    get_nof_params,
+    get_transforms,
+    is_demo_data,
+    load_dataset,
+    set_seed,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,6 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-workers", type=int, help="DataLoader workers (default: half the CPU cores)")
     p.add_argument("--amp", action="store_true", help="mixed precision on CUDA")
     p.add_argument("--resume", action="store_true", help="continue the run from checkpoints/..._last.pt")
+    p.add_argument("--init-from", type=Path, help="start from the weights of this checkpoint of the same model "
+                   "(e.g. adversarial fine-tuning of a normally trained one)")
     p.add_argument("--no-pretrained", action="store_true", help="start ImageNet backbones from random weights")
     p.add_argument("--weights", type=Path, help="ImageNet weight file for XceptionBased/ResNet50")
     p.add_argument("--freeze-backbone", action="store_true", help="train only the last block and the head")
@@ -96,6 +108,17 @@ def make_optimizer(name: str, params, lr: float, momentum: float, weight_decay: 
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
+def init_weights(model: nn.Module, checkpoint: Path, model_name: str) -> None:
+    """Copy the weights of a checkpoint of the same architecture and input size into `model`."""
+    source, _ = load_model_from_checkpoint(checkpoint, "cpu", expected_model=model_name)
+    try:
+        model.load_state_dict(source.state_dict())
+    except RuntimeError as err:
+        raise UserError(f"--init-from {checkpoint} does not fit this {model_name} (was it trained at another "
+                        f"--image-size?): {str(err).splitlines()[0]}") from err
+    print(f"initialised from {checkpoint}")
+
+
 def catalog_splits(args: argparse.Namespace) -> tuple:
     """train/val/test datasets from a catalog.csv with a 'split' column (see tools/face_preprocess.py)."""
     splits = []
@@ -122,7 +145,10 @@ def main(argv: list[str] | None = None) -> dict:
     build_kwargs: dict = {}
     if args.model in PRETRAINED_MODELS:
         build_kwargs = {"weights": args.weights, "freeze_backbone": args.freeze_backbone}
-    model = build_model(args.model, pretrained=not args.no_pretrained, **model_kwargs, **build_kwargs)
+    model = build_model(args.model, pretrained=not args.no_pretrained and args.init_from is None, **model_kwargs,
+                        **build_kwargs)
+    if args.init_from is not None:
+        init_weights(model, args.init_from, args.model)
     optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.momentum, args.weight_decay)
     print(
         f"{args.model} ({get_nof_params(model):,d} trainable parameters) on {args.dataset}: "

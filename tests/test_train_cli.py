@@ -88,3 +88,21 @@ def test_train_on_a_catalog(tmp_path):
                               "--image-size", "64", "--out-dir", str(tmp_path / "out"), "--checkpoint-dir",
                               str(tmp_path / "ckpt"), "--no-progress", "--num-workers", "0"])
     assert len(record["train_acc"]) == 1 and record["config"]["catalog"] == str(tmp_path / "catalog.csv")
+
+
+def test_init_from_copies_weights_and_refuses_a_mismatch(demo_root, tmp_path):
+    import torch
+
+    from models import SimpleNet
+    from utils import UserError
+
+    train(demo_root, tmp_path, "-e", "1")
+    ckpt = tmp_path / "ckpt" / "fakes_dataset_SimpleNet_Adam.pt"
+    model = SimpleNet(image_size=64)
+    train_main.init_weights(model, ckpt, "SimpleNet")
+    saved = torch.load(ckpt, weights_only=False)["model"]
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
+    with pytest.raises(UserError, match="does not fit this SimpleNet"):
+        train_main.init_weights(SimpleNet(image_size=128), ckpt, "SimpleNet")
+    with pytest.raises(UserError, match="holds a SimpleNet model, not Bonus"):
+        train_main.init_weights(SimpleNet(image_size=64), ckpt, "Bonus")
