@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common import DEFAULT_ALPHA, DEFAULT_EPS, DEFAULT_PGD_STEPS, NORM_MEAN, NORM_STD
-from utils import frozen_eval, normalize
+from utils import frozen_eval
 
 ATTACKS = ("fgsm", "pgd", "cw")
 
@@ -26,10 +26,14 @@ class NormalizedModel(nn.Module):
 
     def __init__(self, model: nn.Module, mean=NORM_MEAN, std=NORM_STD):
         super().__init__()
-        self.model, self.mean, self.std = model, mean, std
+        self.model = model
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(normalize(x, self.mean, self.std))
+        if self.mean.device != x.device:  # moved once, on the first batch
+            self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
+        return self.model((x - self.mean) / self.std)
 
 
 def _input_gradient(net: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -71,13 +75,13 @@ def pgd_attack(
     if random_start:
         noise = torch.rand(x0.shape, generator=generator, device="cpu" if generator is not None else x0.device)
         x = (x + (noise.to(x0.device) * 2 - 1) * eps).clamp(0, 1)
+    lower, upper = (x0 - eps).clamp_(0, 1), (x0 + eps).clamp_(0, 1)  # the eps-ball and [0,1] in one box
     with frozen_eval(model):
         for _ in range(steps):
             grad = _input_gradient(net, x, labels)
-            step = -grad.sign() if targeted else grad.sign()
-            x = x + alpha * step
-            x = torch.min(torch.max(x, x0 - eps), x0 + eps).clamp(0, 1)
-    return x.detach()
+            x = x.detach().add_(grad.sign_(), alpha=-alpha if targeted else alpha)
+            torch.maximum(torch.minimum(x, upper, out=x), lower, out=x)
+    return x
 
 
 def _cw_margin(logits: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
@@ -131,6 +135,11 @@ def cw_attack(
             lower = torch.where(succeeded, lower, torch.maximum(lower, const))
             const = torch.where(upper < 1e9, (lower + upper) / 2, const * 10)
     return best_adv.detach()
+
+
+def pgd_step_size(eps: float, steps: int) -> float:
+    """Madry et al.'s rule of thumb for the PGD step: 2.5 * eps / steps, so the walk can cross the ball and back."""
+    return 2.5 * eps / max(steps, 1)
 
 
 def attack_batch(

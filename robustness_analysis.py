@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
-from attacks import attack_batch, cw_attack
+from attacks import attack_batch, cw_attack, pgd_step_size
 from common import DEFAULT_PGD_STEPS, ROBUSTNESS_EPSILONS
 from models import MODEL_NAMES, load_analysis_inputs
 from utils import (
@@ -38,11 +38,6 @@ from utils import (
     sample_batch,
     save_figure,
 )
-
-
-def pgd_step_size(eps: float, steps: int) -> float:
-    """Madry et al.'s rule of thumb: 2.5 * eps / steps, so the walk can cross the ball and back."""
-    return 2.5 * eps / max(steps, 1)
 
 
 def evaluate_under_attack(

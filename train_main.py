@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from attacks import pgd_step_size
 from common import (
     BONUS_CHECKPOINT,
     CHECKPOINT_DIR,
     DATA_ROOT,
     DATASETS,
-    DEFAULT_ALPHA,
     DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
     DEFAULT_EPS,
@@ -81,7 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--freeze-backbone", action="store_true", help="train only the last block and the head")
     p.add_argument("--adv", choices=("none", "fgsm", "pgd"), default="none", help="adversarial training (default: none)")
     p.add_argument("--eps", type=float, default=DEFAULT_EPS, help="attack budget, [0,1] pixels (default: 8/255)")
-    p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="PGD step, [0,1] pixels (default: 2/255)")
+    p.add_argument("--alpha", type=float, help="PGD step, [0,1] pixels (default: 2.5 * eps / steps)")
     p.add_argument("--steps", type=int, default=DEFAULT_PGD_STEPS, help="PGD steps (default: %(default)s)")
     p.add_argument("--adv-ratio", type=float, default=0.5, help="share of each batch made adversarial (default: %(default)s)")
     p.add_argument("--out-dir", type=Path, default=OUT_DIR, help="JSON logs folder (default: %(default)s)")
@@ -154,14 +154,15 @@ def main(argv: list[str] | None = None) -> dict:
         f"{args.model} ({get_nof_params(model):,d} trainable parameters) on {args.dataset}: "
         f"{len(train_ds)} train / {len(val_ds)} val / {len(test_ds)} test images, device {device}"
     )
+    alpha = args.alpha if args.alpha is not None else pgd_step_size(args.eps, args.steps)
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    config.update(n_params=get_nof_params(model), n_params_total=sum(p.numel() for p in model.parameters()),
+    config.update(alpha=alpha, n_params=get_nof_params(model), n_params_total=sum(p.numel() for p in model.parameters()),
                   device=str(device), torch=torch.__version__)
     trainer = Trainer(
         model, optimizer, nn.CrossEntropyLoss(), args.batch_size, train_ds, val_ds, test_ds,
         device=device, num_workers=args.num_workers, seed=args.seed, out_dir=args.out_dir,
         checkpoint_dir=args.checkpoint_dir, amp=args.amp, progress=not args.no_progress, model_kwargs=model_kwargs,
-        adversarial=AdversarialConfig(args.adv, args.eps, args.alpha, args.steps, args.adv_ratio), run_config=config,
+        adversarial=AdversarialConfig(args.adv, args.eps, alpha, args.steps, args.adv_ratio), run_config=config,
     )
     tag = f"adv{args.adv}" if args.adv != "none" else ""
     lp = LoggingParameters(args.model, args.dataset, args.optimizer, optimizer_params_for_log(optimizer), tag)
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"best val acc {record['best_val_acc']:.2f}% at epoch {record['best_epoch']}, "
           f"test acc there {record['test_acc_at_best_val']:.2f}%")
     print(f"log: {paths['json']}  checkpoint: {paths['best']}")
-    if args.model == "Bonus" and args.dataset == "fakes_dataset":
+    if args.model == "Bonus" and args.dataset == "fakes_dataset" and not tag and args.catalog is None:
         bonus = args.checkpoint_dir / BONUS_CHECKPOINT.name
         shutil.copyfile(paths["best"], bonus)
         print(f"published the bonus model to {bonus}")

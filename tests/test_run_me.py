@@ -20,6 +20,7 @@ EXPECTED_FIGURES = ["datasets_samples.png"] + [
     "synthetic_dataset_XceptionBased_mean_saliency_maps.png",
     "fakes_dataset_SimpleNet_robustness_curves.png", "fakes_dataset_SimpleNet_adversarial_examples.png",
     "fakes_dataset_SimpleNet_advpgd_robustness_curves.png", "fakes_dataset_SimpleNet_advpgd_adversarial_examples.png",
+    "fakes_dataset_Bonus_robustness_curves.png", "fakes_dataset_Bonus_advpgd_robustness_curves.png",
 ]
 
 
@@ -38,7 +39,7 @@ def test_run_me_quick_end_to_end(tmp_path):
     summary = (work / "out" / "summary.md").read_text()
     for row in ("| SimpleNet | fakes_dataset |", "| SimpleNet | synthetic_dataset |",
                 "| XceptionBased (random init) | synthetic_dataset |", "| Bonus | fakes_dataset |",
-                "| SimpleNet (advpgd) | fakes_dataset |", "| **total** |"):
+                "| SimpleNet (advpgd) | fakes_dataset |", "| Bonus (advpgd) | fakes_dataset |", "| **total** |"):
         assert row in summary
     assert (work / "checkpoints" / "bonus.pt").is_file()
     assert "Bonus model: test AUC" in proc.stdout
