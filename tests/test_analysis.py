@@ -151,3 +151,14 @@ def test_wrong_checkpoint_is_a_clear_error(trained, demo_root, tmp_path, capsys)
     with pytest.raises(SystemExit):
         saliency_map.main(args)
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_every_cam_method_name_maps_to_a_class_and_runs():
+    from grad_cam_analysis import METHOD_NAMES, cam_methods
+
+    assert set(cam_methods()) == set(METHOD_NAMES)
+    x = torch.zeros(1, 3, 16, 16)
+    x[:, :, 4:8, 4:8] = 1.0
+    for method in ("gradcam++", "xgradcam", "hirescam", "layercam", "eigencam"):
+        cam = compute_cams(BlobNet(), x, torch.tensor([1]), method)
+        assert cam.shape == (1, 16, 16) and np.isfinite(cam).all()

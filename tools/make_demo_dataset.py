@@ -156,7 +156,7 @@ def draw_inner_face(d: ImageDraw.ImageDraw, g: Geometry, p: Identity, s: int, rn
         d.ellipse([ex + ir * 0.1, ey - ir * 0.5, ex + ir * 0.4, ey - ir * 0.2], fill=(255, 255, 255))
         d.arc([ex - ew, ey - eh * 1.2, ex + ew, ey + eh * 1.2], 190, 350, fill=_rgb(p.skin * 0.45), width=max(1, s // 160))
         by = ey - eh - p.brow * ry
-        d.line([ex - ew * 1.1, by + side * 0 + 2, ex + ew * 1.1, by - 1], fill=_rgb(p.hair * 0.8), width=max(2, s // 70))
+        d.line([ex - ew * 1.1, by + 2, ex + ew * 1.1, by - 1], fill=_rgb(p.hair * 0.8), width=max(2, s // 70))
     # nose: a shadowed ridge and nostrils
     ny = ey + p.nose_len * ry
     d.line([cx + 0.03 * rx, ey + 0.1 * ry, cx + 0.08 * rx, ny], fill=_rgb(p.skin * 0.78), width=max(1, s // 120))
