@@ -23,9 +23,12 @@ PY=${PYTHON:-python3}
 "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 9))' || { echo "error: Python 3.9 or newer is needed (found $("$PY" --version))" >&2; exit 1; }
 [ -x "$VENV/bin/python" ] || { echo "creating $VENV with $("$PY" --version)"; "$PY" -m venv "$VENV"; }
 echo "installing pinned requirements into $VENV (a few minutes the first time)..."
-"$VENV/bin/python" -m pip install -q -r requirements.txt 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+quiet_pip() {  # this machine's pip config names local index folders that may be absent: hide those warnings only
+  "$VENV/bin/python" -m pip install -q "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+quiet_pip -r requirements.txt
 # facenet-pytorch pins torch<2.3, numpy<2 and Pillow<10.3 in its metadata but runs on the versions above.
-"$VENV/bin/python" -m pip install -q --no-deps -r requirements-nodeps.txt
+quiet_pip --no-deps -r requirements-nodeps.txt
 "$VENV/bin/python" -c "import torch, torchvision.ops, pytorch_grad_cam, facenet_pytorch, cv2, sklearn, skimage" \
   || { echo "error: the installed packages do not import together; see the messages above" >&2; exit 1; }
 echo "$want" > "$stamp"
