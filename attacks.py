@@ -144,12 +144,16 @@ def pgd_step_size(eps: float, steps: int) -> float:
 
 def attack_batch(
     name: str, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float = DEFAULT_EPS,
-    alpha: float = DEFAULT_ALPHA, steps: int = DEFAULT_PGD_STEPS, **kwargs,
+    alpha: float | None = None, steps: int = DEFAULT_PGD_STEPS, **kwargs,
 ) -> torch.Tensor:
-    """Dispatch by name ('fgsm', 'pgd', 'cw'); eps/alpha/steps apply where the attack has them."""
+    """Dispatch by name ('fgsm', 'pgd', 'cw'); eps/alpha/steps apply where the attack has them.
+
+    alpha=None takes pgd_step_size(eps, steps).
+    """
     if name == "fgsm":
         return fgsm_attack(model, images, labels, eps=eps, **kwargs)
     if name == "pgd":
+        alpha = pgd_step_size(eps, steps) if alpha is None else alpha
         return pgd_attack(model, images, labels, eps=eps, alpha=alpha, steps=steps, **kwargs)
     if name == "cw":
         return cw_attack(model, images, labels, **kwargs)

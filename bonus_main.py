@@ -10,9 +10,8 @@ from pathlib import Path
 
 from sklearn.metrics import roc_auc_score
 
-from bonus_model import my_bonus_model
 from common import BONUS_CHECKPOINT, DATA_ROOT
-from models import checkpoint_image_size
+from models import checkpoint_image_size, load_model_from_checkpoint
 from numerical_analysis import get_soft_scores_and_true_labels
 from utils import cli_main, get_device, get_nof_params, load_dataset
 
@@ -31,8 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device = get_device(args.device)
-    model = my_bonus_model(args.checkpoint, device)
-    image_size = args.image_size or checkpoint_image_size(args.checkpoint)
+    model, ckpt = load_model_from_checkpoint(args.checkpoint, device, expected_model="Bonus")  # = my_bonus_model()
+    image_size = args.image_size or checkpoint_image_size(ckpt)
     test_dataset = load_dataset("fakes_dataset", "test", args.data_root, image_size, args.limit)
     _, fake_scores, labels = get_soft_scores_and_true_labels(test_dataset, model, device=device)
     result = {"auc": float(roc_auc_score(labels, fake_scores)), "n_params": get_nof_params(model)}

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from common import CLASS_NAMES
 from models import MODEL_NAMES, cam_target_layer, load_analysis_inputs
-from utils import UserError, add_analysis_args, cli_main, dataset_labels, denormalize, new_figure, save_figure
+from utils import UserError, add_analysis_args, cli_main, dataset_labels, new_figure, save_figure, to_display
 
 
 def cam_methods() -> dict:
@@ -49,8 +49,7 @@ def overlay(image: torch.Tensor, cam: np.ndarray) -> np.ndarray:
     """The CAM drawn over a normalised (3,H,W) image: (H,W,3) uint8 in [0,255]."""
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
-    rgb = denormalize(image[None])[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy().astype(np.float32)
-    return show_cam_on_image(rgb, cam, use_rgb=True)
+    return show_cam_on_image(to_display(image), cam, use_rgb=True)
 
 
 def get_grad_cam_visualization(test_dataset: Dataset, model: nn.Module, method: str = "gradcam",
@@ -90,7 +89,7 @@ def main(argv: list[str] | None = None) -> list:
         cams = compute_cams(model, images.to(device), torch.full((len(chosen),), c), args.method)
         fig, axes = new_figure(2, len(chosen), figsize=(2.6 * len(chosen), 5.4), squeeze=False)
         for k in range(len(chosen)):
-            axes[0, k].imshow(denormalize(images[k : k + 1])[0].clamp(0, 1).permute(1, 2, 0).numpy())
+            axes[0, k].imshow(to_display(images[k]))
             axes[0, k].set_title(f"P(fake) = {probs[k]:.2f}", fontsize=8)
             axes[1, k].imshow(overlay(images[k], cams[k]))
             for ax in axes[:, k]:

@@ -156,10 +156,9 @@ def load_model_from_checkpoint(
     return model.to(device).eval(), ckpt
 
 
-def checkpoint_image_size(path: str | Path) -> int:
-    """The input size a checkpoint of train_main.py was trained at (the assignment's 256 for bare state dicts)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    return int(ckpt.get("model_kwargs", {}).get("image_size", IMAGE_SIZE)) if isinstance(ckpt, dict) else IMAGE_SIZE
+def checkpoint_image_size(ckpt: dict) -> int:
+    """The input size a loaded checkpoint was trained at (the assignment's 256 for bare state dicts)."""
+    return int(ckpt.get("model_kwargs", {}).get("image_size", IMAGE_SIZE))
 
 
 def load_analysis_inputs(args: Any) -> tuple[nn.Module, torch.utils.data.Dataset, torch.device]:
@@ -167,8 +166,7 @@ def load_analysis_inputs(args: Any) -> tuple[nn.Module, torch.utils.data.Dataset
     set_seed(args.seed)
     device = get_device(args.device)
     model, ckpt = load_model_from_checkpoint(args.checkpoint_path, device, expected_model=args.model)
-    image_size = int(ckpt.get("model_kwargs", {}).get("image_size", IMAGE_SIZE))
-    dataset = load_dataset(args.dataset, "test", args.data_root, image_size, args.limit)
+    dataset = load_dataset(args.dataset, "test", args.data_root, checkpoint_image_size(ckpt), args.limit)
     return model, dataset, device
 
 

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
-from attacks import attack_batch, cw_attack, pgd_step_size
+from attacks import attack_batch, cw_attack
 from common import DEFAULT_PGD_STEPS, ROBUSTNESS_EPSILONS
 from models import MODEL_NAMES, load_analysis_inputs
 from utils import (
@@ -51,8 +51,7 @@ def evaluate_under_attack(
     for images, y in tqdm(make_loader(dataset, batch_size, False, device), desc=desc, leave=False, disable=not progress):
         x01, y = denormalize(images.to(device)), y.to(device)
         if eps > 0:
-            step = alpha if alpha is not None else pgd_step_size(eps, steps)
-            x01 = attack_batch(attack, model, x01, y, eps=eps, alpha=step, steps=steps)
+            x01 = attack_batch(attack, model, x01, y, eps=eps, alpha=alpha, steps=steps)
         with torch.no_grad():
             scores.append(torch.softmax(model(normalize(x01)), 1)[:, 1].cpu())
         labels.append(y.cpu())
@@ -110,7 +109,7 @@ def plot_curves(result: dict, overlays: list[dict], title: str, path: Path) -> P
 def plot_examples(model: nn.Module, images01: torch.Tensor, labels: torch.Tensor, eps: float, steps: int, title: str,
                   path: Path) -> Path:
     """Rows: clean image, PGD adversarial image, perturbation amplified to the full range; titles carry P(fake)."""
-    adv = attack_batch("pgd", model, images01, labels, eps=eps, alpha=pgd_step_size(eps, steps), steps=steps)
+    adv = attack_batch("pgd", model, images01, labels, eps=eps, steps=steps)
     with torch.no_grad():
         p_clean = torch.softmax(model(normalize(images01)), 1)[:, 1].cpu()
         p_adv = torch.softmax(model(normalize(adv)), 1)[:, 1].cpu()

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from common import CLASS_NAMES
 from models import MODEL_NAMES, load_analysis_inputs
-from utils import add_analysis_args, cli_main, denormalize, frozen_eval, make_loader, new_figure, sample_batch, save_figure
+from utils import add_analysis_args, cli_main, frozen_eval, make_loader, new_figure, sample_batch, save_figure, to_display
 
 
 def compute_gradient_saliency_maps(samples: torch.Tensor, true_labels: torch.Tensor, model: nn.Module) -> torch.Tensor:
@@ -44,11 +44,6 @@ def mean_saliency_per_class(model: nn.Module, dataset, batch_size: int, device: 
                 sums[c] = sums.get(c, 0) + sel.sum(dim=0)
                 counts[c] += len(sel)
     return {c: (sums[c] / counts[c]).numpy() for c in sums}
-
-
-def to_display(image: torch.Tensor) -> np.ndarray:
-    """A normalised (3,H,W) model input as an (H,W,3) array in [0,1] for imshow."""
-    return denormalize(image[None])[0].clamp(0, 1).permute(1, 2, 0).numpy()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

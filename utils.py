@@ -18,7 +18,18 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms
 
-from common import DATA_ROOT, DATASETS, DEMO_MARKER, FIGURES_DIR, IMAGE_SIZE, NORM_MEAN, NORM_STD, SPLITS
+from common import (
+    DATA_ROOT,
+    DATASETS,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_SEED,
+    DEMO_MARKER,
+    FIGURES_DIR,
+    IMAGE_SIZE,
+    NORM_MEAN,
+    NORM_STD,
+    SPLITS,
+)
 
 
 class UserError(Exception):
@@ -89,6 +100,11 @@ def denormalize(images: torch.Tensor, mean=NORM_MEAN, std=NORM_STD) -> torch.Ten
     m = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     s = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     return images * s + m
+
+
+def to_display(image: torch.Tensor) -> np.ndarray:
+    """A normalised (3,H,W) model input as an (H,W,3) float32 array in [0,1], for imshow and CAM overlays."""
+    return denormalize(image[None])[0].clamp(0, 1).permute(1, 2, 0).detach().cpu().numpy().astype(np.float32)
 
 
 def dataset_dir(dataset_name: str, split: str, data_root: str | Path | None = None) -> Path:
@@ -299,9 +315,9 @@ def add_analysis_args(parser: Any, model_names: tuple[str, ...]) -> None:
     parser.add_argument("-d", "--dataset", choices=DATASETS, required=True, help="dataset name")
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT, help="folder holding the datasets (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=42, help="random seed for sampling images (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed for sampling images (default: %(default)s)")
     parser.add_argument("--limit", type=int, help="use at most this many test images")
-    parser.add_argument("--batch-size", type=int, default=32, help="batch size (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="batch size (default: %(default)s)")
     parser.add_argument("--figures-dir", type=Path, default=FIGURES_DIR, help="output folder (default: %(default)s)")
 
 
