@@ -1,8 +1,9 @@
 """White-box attacks on a real/fake detector: FGSM, PGD (L-inf) and Carlini-Wagner (L2).
 
 Images, budgets and results are in pixel units on the [0, 1] scale (eps = 8/255 means 8 grey levels), although the
-detectors see normalised inputs: each attack wraps the model with the normalisation (NormalizedModel), so the budget
-means what a user thinks it means. Untargeted attacks push an image away from its true label; targeted ones
+detectors see normalised inputs: each attack wraps the model with the model's own normalisation (NormalizedModel, from
+utils.model_normalization: 0.5 for SimpleNet, ImageNet mean/std for ResNet50 and EfficientNet-Lite), so the budget
+means what a user thinks it means whatever the model. Untargeted attacks push an image away from its true label; targeted ones
 (targeted=True, labels = the wanted class, e.g. 0 "real" for a fake face) pull it towards that label.
 The model's train/eval mode and its parameters' requires_grad and .grad are left as they were.
 
@@ -15,20 +16,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import DEFAULT_ALPHA, DEFAULT_EPS, DEFAULT_PGD_STEPS, NORM_MEAN, NORM_STD
-from utils import frozen_eval
+from common import DEFAULT_ALPHA, DEFAULT_EPS, DEFAULT_PGD_STEPS
+from utils import Normalization, frozen_eval, model_normalization
 
 ATTACKS = ("fgsm", "pgd", "cw")
 
 
 class NormalizedModel(nn.Module):
-    """model(normalize(x)): lets attacks work on [0, 1] pixels."""
+    """model(normalize(x)) with the model's normalisation (or `norm`): lets attacks work on [0, 1] pixels."""
 
-    def __init__(self, model: nn.Module, mean=NORM_MEAN, std=NORM_STD):
+    def __init__(self, model: nn.Module, norm: Normalization | None = None):
         super().__init__()
         self.model = model
-        self.mean = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        norm = norm or model_normalization(model)
+        self.mean = torch.as_tensor(norm.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.as_tensor(norm.std, dtype=torch.float32).view(1, -1, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mean.device != x.device:  # moved once, on the first batch
@@ -46,13 +48,13 @@ def _input_gradient(net: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> to
 
 def fgsm_attack(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float = DEFAULT_EPS, targeted: bool = False,
-    mean=NORM_MEAN, std=NORM_STD,
+    norm: Normalization | None = None,
 ) -> torch.Tensor:
     """Fast Gradient Sign Method (Goodfellow et al., 2014, arXiv:1412.6572): one step of size eps along sign(grad).
 
     images: (B,3,H,W) in [0,1]; labels: (B,) true labels (or target labels when targeted). Returns (B,3,H,W) in [0,1].
     """
-    net = NormalizedModel(model, mean, std)
+    net = NormalizedModel(model, norm)
     with frozen_eval(model):
         grad = _input_gradient(net, images, labels)
     direction = -grad.sign() if targeted else grad.sign()
@@ -61,7 +63,7 @@ def fgsm_attack(
 
 def pgd_attack(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float = DEFAULT_EPS, alpha: float = DEFAULT_ALPHA,
-    steps: int = DEFAULT_PGD_STEPS, random_start: bool = True, targeted: bool = False, mean=NORM_MEAN, std=NORM_STD,
+    steps: int = DEFAULT_PGD_STEPS, random_start: bool = True, targeted: bool = False, norm: Normalization | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Projected Gradient Descent, L-inf (Madry et al., 2017, arXiv:1706.06083).
@@ -69,7 +71,7 @@ def pgd_attack(
     Starts at a uniform random point of the eps-ball (random_start), takes `steps` signed-gradient steps of size alpha,
     and after each projects onto the eps-ball around `images` and onto [0,1]. Costs `steps` forward/backward passes.
     """
-    net = NormalizedModel(model, mean, std)
+    net = NormalizedModel(model, norm)
     x0 = images.detach()
     x = x0.clone()
     if random_start:
@@ -94,7 +96,7 @@ def _cw_margin(logits: torch.Tensor, labels: torch.Tensor, targeted: bool) -> to
 
 def cw_attack(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, c: float = 1.0, kappa: float = 0.0, steps: int = 100,
-    lr: float = 0.01, binary_search_steps: int = 5, targeted: bool = False, mean=NORM_MEAN, std=NORM_STD,
+    lr: float = 0.01, binary_search_steps: int = 5, targeted: bool = False, norm: Normalization | None = None,
 ) -> torch.Tensor:
     """Carlini-Wagner L2 (Carlini & Wagner, 2017, arXiv:1608.04644).
 
@@ -102,7 +104,7 @@ def cw_attack(
     c per sample over `binary_search_steps` rounds. Returns the smallest successful x' per sample, or the clean image
     where no round succeeded (check success with the model).
     """
-    net = NormalizedModel(model, mean, std)
+    net = NormalizedModel(model, norm)
     x0 = images.detach()
     B = x0.shape[0]
     lower = torch.zeros(B, device=x0.device)
@@ -148,11 +150,13 @@ def attack_batch(
 ) -> torch.Tensor:
     """Dispatch by name ('fgsm', 'pgd', 'cw'); eps/alpha/steps apply where the attack has them.
 
-    alpha=None takes pgd_step_size(eps, steps).
+    alpha=None takes pgd_step_size(eps, steps). PGD needs steps >= 1 (with 0 it would be random noise labelled PGD).
     """
     if name == "fgsm":
         return fgsm_attack(model, images, labels, eps=eps, **kwargs)
     if name == "pgd":
+        if steps < 1:
+            raise ValueError(f"PGD needs at least one step, got steps={steps}")
         alpha = pgd_step_size(eps, steps) if alpha is None else alpha
         return pgd_attack(model, images, labels, eps=eps, alpha=alpha, steps=steps, **kwargs)
     if name == "cw":

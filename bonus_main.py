@@ -11,18 +11,20 @@ from pathlib import Path
 from sklearn.metrics import roc_auc_score
 
 from common import BONUS_CHECKPOINT, DATA_ROOT
+from faces_dataset import load_dataset
 from models import checkpoint_image_size, load_model_from_checkpoint
 from numerical_analysis import get_soft_scores_and_true_labels
-from utils import cli_main, get_device, get_nof_params, load_dataset
+from utils import cli_main, get_device, get_nof_params, model_normalization, positive_int
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, default=BONUS_CHECKPOINT, help="bonus checkpoint (default: %(default)s)")
     p.add_argument("--data-root", type=Path, default=DATA_ROOT, help="folder holding the datasets (default: %(default)s)")
-    p.add_argument("--image-size", type=int, help="input side in pixels (default: the size the model was trained at)")
+    p.add_argument("--image-size", type=positive_int, help="input side in pixels (default: the size the model was trained at)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
-    p.add_argument("--limit", type=int, help="use at most this many test images")
+    p.add_argument("--limit", type=positive_int, help="use at most this many test images")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
 
@@ -32,8 +34,8 @@ def main(argv: list[str] | None = None) -> dict:
     device = get_device(args.device)
     model, ckpt = load_model_from_checkpoint(args.checkpoint, device, expected_model="Bonus")  # = my_bonus_model()
     image_size = args.image_size or checkpoint_image_size(ckpt)
-    test_dataset = load_dataset("fakes_dataset", "test", args.data_root, image_size, args.limit)
-    _, fake_scores, labels = get_soft_scores_and_true_labels(test_dataset, model, device=device)
+    test_dataset = load_dataset("fakes_dataset", "test", args.data_root, image_size, args.limit, model_normalization(model))
+    _, fake_scores, labels = get_soft_scores_and_true_labels(test_dataset, model, device=device, progress=not args.no_progress)
     result = {"auc": float(roc_auc_score(labels, fake_scores)), "n_params": get_nof_params(model)}
     print(f"Bonus model: test AUC {result['auc']:.4f} on fakes_dataset, {result['n_params']:,d} parameters")
     return result

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from checkpoints import checkpoint_model_name, load_weights, read_checkpoint
 from common import BONUS_CHECKPOINT
 
 
@@ -50,7 +51,8 @@ class BonusNet(nn.Module):
 
 def my_bonus_model(checkpoint: str | Path = BONUS_CHECKPOINT, device: torch.device | str = "cpu") -> nn.Module:
     """The trained bonus model from checkpoints/bonus.pt, in eval mode (the assignment's entry point)."""
-    from models import load_model_from_checkpoint  # local import: models imports BonusNet from here
-
-    model, _ = load_model_from_checkpoint(checkpoint, device=device, expected_model="Bonus")
-    return model
+    ckpt = read_checkpoint(checkpoint, device)
+    checkpoint_model_name(ckpt, checkpoint, "Bonus")
+    model = load_weights(BonusNet(), ckpt, checkpoint, "Bonus")
+    model.model_name = "Bonus"
+    return model.to(device).eval()

@@ -24,9 +24,13 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 DEMO_MARKER = "DEMO_DATA.txt"  # written by tools/make_demo_dataset.py at the data root
 
 IMAGE_SIZE = 256
-# The assignment's transforms normalise with mean = std = 0.5, which is also what the ImageNet Xception expects.
+# Input normalisation is per model (models.MODEL_SPECS, saved in every checkpoint). The assignment's transforms use
+# mean = std = 0.5, which is also what the ImageNet Xception expects; torchvision's ResNet50 and the registry's
+# EfficientNet-Lite weights expect ImageNet's mean/std. Checkpoints without a normalisation entry are read as 0.5.
 NORM_MEAN = (0.5, 0.5, 0.5)
 NORM_STD = (0.5, 0.5, 0.5)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Training defaults: the assignment's "python train_main.py ... --lr 0.001 -b 32 -e 5 -o Adam".
 DEFAULT_SEED = 42
@@ -36,6 +40,9 @@ DEFAULT_EPOCHS = 5
 DEFAULT_OPTIMIZER = "Adam"
 DEFAULT_MOMENTUM = 0.9
 OPTIMIZERS = ("SGD", "Adam", "AdamW")
+SCHEDULERS = ("none", "cosine", "step")
+SELECT_BY = ("acc", "auc", "loss")  # validation metric that picks the best checkpoint
+BALANCE = ("none", "weights", "sampler")  # class-imbalance handling of the train split
 
 # Adversarial defaults (pixel units on the [0, 1] scale).
 DEFAULT_EPS = 8 / 255

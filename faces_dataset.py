@@ -1,4 +1,5 @@
-"""Datasets of face images: the assignment's real/fake folder layout and the catalog.csv of tools/face_preprocess.py."""
+"""Datasets of face images: the assignment's real/fake folder layout and the catalog.csv of tools/face_preprocess.py;
+the transforms (per-model normalisation, optional train-time augmentation) and split loading."""
 from __future__ import annotations
 
 import csv
@@ -6,11 +7,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
+from torchvision import transforms
+from torchvision.transforms import v2
 
-from common import IMAGE_EXTENSIONS
-from utils import UserError
+from common import DATA_ROOT, DATASETS, DEMO_MARKER, IMAGE_EXTENSIONS, IMAGE_SIZE, SPLITS
+from utils import ASSIGNMENT_NORM, Normalization, UserError
+
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 class DatasetError(UserError, ValueError):
@@ -22,14 +29,25 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB of any PIL image; 16-bit greyscale is scaled to 8 bits (Pillow's own convert clips it to white)."""
+    if img.mode in SIXTEEN_BIT_MODES:
+        values = np.asarray(img, dtype=np.float64)
+        grey = np.clip(np.round(values * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    return img.convert("RGB")
+
+
 def load_rgb(path: Path) -> Image.Image:
-    """Open an image as RGB, with an error that names the file when it is unreadable or corrupt."""
+    """Open an image as RGB, with an error that names the file when it is unreadable, corrupt or absurdly large."""
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
+            return to_rgb(img)
     except FileNotFoundError as err:
-        raise DatasetError(f"image {path} no longer exists; was the dataset moved while in use?") from err
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise DatasetError(f"image {path} is listed but cannot be found ({err.strerror}); was it deleted or moved?") from err
+    except Image.DecompressionBombError as err:
+        raise DatasetError(f"image {path} is too large to decode safely ({err}); resize it below 89 megapixels") from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DatasetError(f"cannot read image {path} ({err}); the file is corrupt: delete or replace it") from err
 
 
@@ -99,7 +117,8 @@ class CatalogDataset(Dataset):
             if missing:
                 raise DatasetError(f"catalog {self.csv_path} lacks the column(s) {', '.join(sorted(missing))}")
             if split is not None and "split" not in (reader.fieldnames or []):
-                raise DatasetError(f"catalog {self.csv_path} has no split column; run face_preprocess.py with --split")
+                raise DatasetError(f"catalog {self.csv_path} has no split column; write it again with "
+                                   "tools/face_preprocess.py (it assigns every source video to a split)")
             rows = [r for r in reader if r["label"] not in ("", None) and (split is None or r["split"] == split)]
         if not rows:
             which = f" in split {split!r}" if split else ""
@@ -133,3 +152,92 @@ class CatalogDataset(Dataset):
         if self.transform is not None:
             image = self.transform(image)
         return image, self._labels[index]
+
+
+def get_transforms(
+    train: bool, image_size: int = IMAGE_SIZE, norm: Normalization = ASSIGNMENT_NORM, augment: bool = False
+) -> Callable[[Image.Image], torch.Tensor]:
+    """The assignment's transforms (resize, a random flip when training, to tensor, normalise with the model's `norm`).
+
+    augment=True (training only) adds the artefact-aware recipe detectors are trained with (CNNDetection, DeepfakeBench):
+    JPEG re-compression (quality 30-95, p=0.5), Gaussian blur (sigma 0.1-2, p=0.3) and colour jitter (p=0.5), so the
+    model cannot lean on compression or sharpness alone. Labels and output shapes are unchanged.
+    """
+    if not (train and augment):
+        steps: list[Any] = [transforms.Resize((image_size, image_size))]
+        if train:
+            steps.append(transforms.RandomHorizontalFlip())
+        steps += [transforms.ToTensor(), transforms.Normalize(norm.mean, norm.std)]
+        return transforms.Compose(steps)
+    return v2.Compose([
+        v2.Resize((image_size, image_size)),
+        v2.RandomHorizontalFlip(),
+        v2.PILToTensor(),
+        v2.RandomApply([v2.JPEG((30, 95))], p=0.5),
+        v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 2.0))], p=0.3),
+        v2.RandomApply([v2.ColorJitter(0.2, 0.2, 0.2, 0.02)], p=0.5),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(norm.mean, norm.std),
+    ])
+
+
+def dataset_dir(dataset_name: str, split: str, data_root: str | Path | None = None) -> Path:
+    """Path of <root>/<dataset>/<split>, with a clear error when the name or the folder is wrong."""
+    if dataset_name not in DATASETS:
+        raise UserError(f"unknown dataset {dataset_name!r}; choose one of {', '.join(DATASETS)}")
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    root = Path(data_root) if data_root is not None else DATA_ROOT
+    if not root.is_dir():
+        raise UserError(
+            f"data root {root} does not exist; pass --data-root DIR (or set FMD_DATA_ROOT), "
+            "or create demo data with: python tools/make_demo_dataset.py --out-dir data"
+        )
+    path = root / dataset_name / split
+    if not path.is_dir():
+        raise UserError(f"{path} does not exist; expected the layout <root>/{dataset_name}/{{train,val,test}}/{{real,fake}}/")
+    return path
+
+
+def is_demo_data(data_root: str | Path | None = None) -> bool:
+    """True when the data root was written by tools/make_demo_dataset.py."""
+    root = Path(data_root) if data_root is not None else DATA_ROOT
+    return (root / DEMO_MARKER).is_file()
+
+
+def evenly_spaced_subset(dataset: Dataset, limit: int | None) -> Dataset:
+    """Keep at most `limit` samples, evenly spaced over the sorted listing so both classes stay in proportion."""
+    n = len(dataset)  # type: ignore[arg-type]
+    if limit is None or limit >= n:
+        return dataset
+    if limit < 1:
+        raise UserError(f"--limit must be a positive number of samples, got {limit}")
+    indices = np.unique(np.linspace(0, n - 1, limit).round().astype(int)).tolist()
+    return Subset(dataset, indices)
+
+
+def load_dataset(
+    dataset_name: str,
+    dataset_part: str,
+    data_root: str | Path | None = None,
+    image_size: int = IMAGE_SIZE,
+    limit: int | None = None,
+    norm: Normalization = ASSIGNMENT_NORM,
+    augment: bool = False,
+) -> Dataset:
+    """One split with the assignment's transforms for `norm` (flip on the train split; `augment` adds the recipe)."""
+    path = dataset_dir(dataset_name, dataset_part, data_root)
+    train = dataset_part == "train"
+    dataset = FacesDataset(path, transform=get_transforms(train, image_size, norm, augment and train))
+    return evenly_spaced_subset(dataset, limit)
+
+
+def dataset_labels(dataset: Dataset) -> list[int]:
+    """Labels of a FacesDataset, CatalogDataset or a Subset of one, without loading any image."""
+    if isinstance(dataset, Subset):
+        parent = dataset_labels(dataset.dataset)
+        return [parent[i] for i in dataset.indices]
+    labels = getattr(dataset, "labels", None)
+    if labels is None:
+        raise TypeError(f"{type(dataset).__name__} does not expose .labels")
+    return list(labels)

@@ -18,8 +18,20 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from common import CLASS_NAMES
+from faces_dataset import dataset_labels
 from models import MODEL_NAMES, cam_target_layer, load_analysis_inputs
-from utils import UserError, add_analysis_args, cli_main, dataset_labels, new_figure, save_figure, to_display
+from utils import (
+    Normalization,
+    UserError,
+    add_analysis_args,
+    cli_main,
+    model_normalization,
+    new_figure,
+    positive_int,
+    save_figure,
+    to_display,
+    writable_dir,
+)
 
 
 def cam_methods() -> dict:
@@ -45,11 +57,11 @@ def compute_cams(model: nn.Module, images: torch.Tensor, classes: torch.Tensor, 
         return cam(input_tensor=images, targets=[ClassifierOutputTarget(int(c)) for c in classes])
 
 
-def overlay(image: torch.Tensor, cam: np.ndarray) -> np.ndarray:
-    """The CAM drawn over a normalised (3,H,W) image: (H,W,3) uint8 in [0,255]."""
+def overlay(image: torch.Tensor, cam: np.ndarray, norm: Normalization) -> np.ndarray:
+    """The CAM drawn over a normalised (3,H,W) image (undone with the model's `norm`): (H,W,3) uint8 in [0,255]."""
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
-    return show_cam_on_image(to_display(image), cam, use_rgb=True)
+    return show_cam_on_image(to_display(image, norm), cam, use_rgb=True)
 
 
 def get_grad_cam_visualization(test_dataset: Dataset, model: nn.Module, method: str = "gradcam",
@@ -59,21 +71,23 @@ def get_grad_cam_visualization(test_dataset: Dataset, model: nn.Module, method: 
     image, true_label = next(iter(loader))
     device = next(model.parameters()).device
     cam = compute_cams(model, image.to(device), true_label, method)[0]
-    return overlay(image[0], cam), true_label
+    return overlay(image[0], cam, model_normalization(model)), true_label
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_analysis_args(p, MODEL_NAMES)
     p.add_argument("--method", choices=METHOD_NAMES, default="gradcam", help="CAM method (default: %(default)s)")
-    p.add_argument("--n", type=int, default=4, help="images per figure (default: %(default)s)")
+    p.add_argument("--n", type=positive_int, default=4, help="images per figure (default: %(default)s)")
     return p.parse_args(argv)
 
 
 @cli_main
 def main(argv: list[str] | None = None) -> list:
     args = parse_args(argv)
+    writable_dir(args.figures_dir, "--figures-dir")
     model, test_dataset, device = load_analysis_inputs(args)
+    norm = model_normalization(model)
     labels = np.asarray(dataset_labels(test_dataset))
     rng = np.random.default_rng(args.seed)
     suffix = "grad_cam" if args.method == "gradcam" else args.method.replace("++", "_plus_plus")
@@ -89,9 +103,9 @@ def main(argv: list[str] | None = None) -> list:
         cams = compute_cams(model, images.to(device), torch.full((len(chosen),), c), args.method)
         fig, axes = new_figure(2, len(chosen), figsize=(2.6 * len(chosen), 5.4), squeeze=False)
         for k in range(len(chosen)):
-            axes[0, k].imshow(to_display(images[k]))
+            axes[0, k].imshow(to_display(images[k], norm))
             axes[0, k].set_title(f"P(fake) = {probs[k]:.2f}", fontsize=8)
-            axes[1, k].imshow(overlay(images[k], cams[k]))
+            axes[1, k].imshow(overlay(images[k], cams[k], norm))
             for ax in axes[:, k]:
                 ax.axis("off")
         fig.suptitle(f"{args.method} of {args.model} on {args.dataset}: {cls} test images (target class: {cls})")

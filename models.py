@@ -1,9 +1,14 @@
-"""The detectors: SimpleNet, the Xception backbone with an MLP head, ResNet50, the compact bonus model; checkpoint loading.
+"""The detectors and their registry: SimpleNet, XceptionBased, ResNet50, EfficientNet-Lite0/2, the compact bonus model.
 
     python models.py            # prints every model's parameter count (no weights needed)
+
+MODEL_SPECS maps each CLI name to its builder, the input normalisation and image size it expects, whether ImageNet
+weights exist for it, and its Grad-CAM target layer; checkpoints record the name, so every script rebuilds the model.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +17,21 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import ResNet50_Weights, resnet50
 
+from bonus_model import BonusNet
+from checkpoints import checkpoint_model_name, load_weights, read_checkpoint
 from common import IMAGE_SIZE
-from utils import UserError, get_device, get_nof_params, load_dataset, resolve_pretrained_weights, set_seed
+from faces_dataset import load_dataset
+from pretrained import efficientnet_lite_key_map, efficientnet_lite_weight_file, read_state_dict, resolve_pretrained_weights
+from utils import (
+    ASSIGNMENT_NORM,
+    IMAGENET_NORM,
+    Normalization,
+    UserError,
+    get_device,
+    get_nof_params,
+    model_normalization,
+    set_seed,
+)
 from xception import FEATURE_DIM, build_xception_backbone
 
 RESNET50_FILES = ("resnet50-11ad3fa6.pth", "resnet50-0676ba61.pth")
@@ -83,40 +101,86 @@ def get_resnet50_model(pretrained: bool = True, weights: str | Path | None = Non
     model = resnet50(weights=None)
     if pretrained:
         path = resolve_pretrained_weights("ResNet50", RESNET50_FILES, ResNet50_Weights.IMAGENET1K_V2.url, weights)
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+        model.load_state_dict(read_state_dict(path, "ResNet50"), strict=True)
     model.fc = nn.Linear(model.fc.in_features, 2)
     if freeze_backbone:
         _freeze_all_but(model, ("layer4.", "fc."))
     return model
 
 
+def efficientnet_lite_imagenet(variant: str, pretrained: bool = True) -> nn.Module:
+    """timm's tf_efficientnet_<variant> (TF 'same' padding, BatchNorm eps 1e-3, ReLU6: the layout the weights were
+    trained in) with its 1000-class head, holding the registry package's ImageNet weights unless pretrained=False."""
+    import timm  # imported here: only these models need it
+
+    model = timm.create_model(f"tf_efficientnet_{variant}", pretrained=False, num_classes=1000)
+    if pretrained:
+        state = read_state_dict(efficientnet_lite_weight_file(variant), f"EfficientNet-{variant.capitalize()}")
+        model.load_state_dict(efficientnet_lite_key_map(state, [len(stage) for stage in model.blocks]), strict=True)
+    return model
+
+
+def get_efficientnet_lite_model(variant: str, pretrained: bool = True, freeze_backbone: bool = False) -> nn.Module:
+    """EfficientNet-Lite with a 2-output head; freeze_backbone trains only the last two stages, the head conv and fc."""
+    model = efficientnet_lite_imagenet(variant, pretrained)
+    model.reset_classifier(2)
+    if freeze_backbone:
+        last = len(model.blocks)
+        _freeze_all_but(model, (f"blocks.{last - 2}.", f"blocks.{last - 1}.", "conv_head.", "bn2.", "classifier."))
+    return model
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build a zoo model and what it expects."""
+
+    build: Callable[..., nn.Module]  # build(pretrained=..., image_size=..., weights=..., freeze_backbone=...)
+    norm: Normalization = ASSIGNMENT_NORM
+    image_size: int = IMAGE_SIZE
+    imagenet: bool = False  # ImageNet weights exist (the --no-pretrained / --weights / --freeze-backbone flags apply)
+    cam_layer: Callable[[nn.Module], nn.Module] | None = None
+
+
+MODEL_SPECS: dict[str, ModelSpec] = {
+    "SimpleNet": ModelSpec(lambda image_size=IMAGE_SIZE, **_: SimpleNet(image_size=image_size),
+                           cam_layer=lambda m: m.conv3),
+    "XceptionBased": ModelSpec(lambda pretrained=True, weights=None, freeze_backbone=False, **_: get_xception_based_model(
+        pretrained, weights, freeze_backbone), imagenet=True, cam_layer=lambda m: m.conv4),  # the exit flow's last conv
+    "ResNet50": ModelSpec(lambda pretrained=True, weights=None, freeze_backbone=False, **_: get_resnet50_model(
+        pretrained, weights, freeze_backbone), norm=IMAGENET_NORM, image_size=224, imagenet=True,
+        cam_layer=lambda m: m.layer4[-1]),
+    # bn2 = conv_head + BatchNorm + ReLU6: the last layer that keeps a spatial layout (7x7 at 224 px)
+    "EfficientNetLite0": ModelSpec(lambda pretrained=True, freeze_backbone=False, **_: get_efficientnet_lite_model(
+        "lite0", pretrained, freeze_backbone), norm=IMAGENET_NORM, image_size=224, imagenet=True, cam_layer=lambda m: m.bn2),
+    "EfficientNetLite2": ModelSpec(lambda pretrained=True, freeze_backbone=False, **_: get_efficientnet_lite_model(
+        "lite2", pretrained, freeze_backbone), norm=IMAGENET_NORM, image_size=260, imagenet=True, cam_layer=lambda m: m.bn2),
+    "Bonus": ModelSpec(lambda **_: BonusNet(), cam_layer=lambda m: m.cam_layer()),
+}
+MODEL_NAMES = tuple(MODEL_SPECS)
+PRETRAINED_MODELS = tuple(name for name, spec in MODEL_SPECS.items() if spec.imagenet)
+
+
 def build_model(name: str, pretrained: bool = True, image_size: int = IMAGE_SIZE, **kwargs: Any) -> nn.Module:
-    """Build a model by its CLI name; `pretrained`, `weights` and `freeze_backbone` apply to the ImageNet backbones."""
-    from bonus_model import BonusNet  # local import: bonus_model imports this module's helpers
+    """Build a model by its CLI name; `pretrained`, `weights` and `freeze_backbone` apply to the ImageNet backbones.
 
-    if name == "SimpleNet":
-        return SimpleNet(image_size=image_size)
-    if name == "XceptionBased":
-        return get_xception_based_model(pretrained=pretrained, **kwargs)
-    if name == "ResNet50":
-        return get_resnet50_model(pretrained=pretrained, **kwargs)
-    if name == "Bonus":
-        return BonusNet()
-    raise UserError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
-
-
-MODEL_NAMES = ("SimpleNet", "XceptionBased", "ResNet50", "Bonus")
-PRETRAINED_MODELS = ("XceptionBased", "ResNet50")
+    The model carries its name and input normalisation (model.model_name, model.normalization).
+    """
+    if name not in MODEL_SPECS:
+        raise UserError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    spec = MODEL_SPECS[name]
+    model = spec.build(pretrained=pretrained, image_size=image_size, **kwargs)
+    model.model_name = name
+    model.normalization = spec.norm
+    return model
 
 
 def cam_target_layer(model: nn.Module) -> nn.Module:
     """The layer Grad-CAM looks at: the last convolutional block, whose maps still keep a spatial layout."""
+    spec = MODEL_SPECS.get(getattr(model, "model_name", ""))
+    if spec is not None and spec.cam_layer is not None:
+        return spec.cam_layer(model)
     if isinstance(model, SimpleNet):
         return model.conv3
-    if hasattr(model, "conv4") and hasattr(model, "block12"):  # Xception family: the exit flow's last conv
-        return model.conv4
-    if hasattr(model, "layer4"):  # ResNet
-        return model.layer4[-1]
     if hasattr(model, "cam_layer"):
         return model.cam_layer()
     raise TypeError(f"no Grad-CAM target layer is known for {type(model).__name__}")
@@ -127,32 +191,12 @@ def load_model_from_checkpoint(
 ) -> tuple[nn.Module, dict]:
     """Rebuild a model from a checkpoint of train_main.py (or a bare {'model': state_dict} of the assignment).
 
-    Raises a UserError when the file is missing, unreadable, or holds another architecture than `expected_model`.
+    Raises a UserError when the file is missing, unreadable, unsafe, or holds another architecture than `expected_model`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist; train it first with train_main.py (see README)")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
-    except Exception as err:  # torch raises many types for a truncated or foreign file
-        raise UserError(f"cannot read checkpoint {path} ({type(err).__name__}: {err}); is it a torch checkpoint?") from err
-    if isinstance(ckpt, dict) and "model" not in ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        ckpt = {"model": ckpt}  # a bare state dict
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise UserError(f"checkpoint {path} holds no model state (expected a dict with a 'model' entry)")
-    name = ckpt.get("model_name", expected_model)
-    if name is None:
-        raise UserError(f"checkpoint {path} does not say which model it holds; pass -m MODEL")
-    if expected_model is not None and name != expected_model:
-        raise UserError(f"checkpoint {path} holds a {name} model, not {expected_model}; pass -m {name} or another checkpoint")
-    kwargs = dict(ckpt.get("model_kwargs", {}))
-    kwargs["pretrained"] = False  # the checkpoint carries the weights
-    model = build_model(name, **kwargs)
-    try:
-        model.load_state_dict(ckpt["model"], strict=True)
-    except RuntimeError as err:
-        first = str(err).splitlines()[0]
-        raise UserError(f"checkpoint {path} does not fit the {name} architecture ({first}); pass the matching -m") from err
+    ckpt = read_checkpoint(path, device)
+    name = checkpoint_model_name(ckpt, path, expected_model)
+    kwargs = {k: v for k, v in dict(ckpt.get("model_kwargs", {})).items() if k in ("image_size",)}
+    model = load_weights(build_model(name, pretrained=False, **kwargs), ckpt, path, name)  # sets its normalisation
     return model.to(device).eval(), ckpt
 
 
@@ -162,11 +206,14 @@ def checkpoint_image_size(ckpt: dict) -> int:
 
 
 def load_analysis_inputs(args: Any) -> tuple[nn.Module, torch.utils.data.Dataset, torch.device]:
-    """For the analysis scripts: seed, device, the checkpoint's model (eval mode) and the test split at its image size."""
+    """For the analysis scripts: seed, device, the checkpoint's model (eval mode) and the test split at its image size
+    and normalisation. Fills args.model from the checkpoint when -m was not given (and refuses a contradiction)."""
     set_seed(args.seed)
     device = get_device(args.device)
     model, ckpt = load_model_from_checkpoint(args.checkpoint_path, device, expected_model=args.model)
-    dataset = load_dataset(args.dataset, "test", args.data_root, checkpoint_image_size(ckpt), args.limit)
+    args.model = model.model_name
+    dataset = load_dataset(args.dataset, "test", args.data_root, checkpoint_image_size(ckpt), args.limit,
+                           model_normalization(model))
     return model, dataset, device
 
 

@@ -14,62 +14,33 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.interpolate import interp1d
-from scipy.optimize import brentq
 from sklearn import metrics
 from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from metrics import compute_metrics, equal_error_rate
 from models import MODEL_NAMES, load_analysis_inputs
-from utils import UserError, add_analysis_args, atomic_write_json, cli_main, make_loader, new_figure, save_figure
+from utils import UserError, add_analysis_args, atomic_write_json, cli_main, make_loader, new_figure, save_figure, writable_dir
 
 SCORE_GROUPS = {"A: real score (output 0)": 0, "B: fake score (output 1)": 1}
 
 
 @torch.no_grad()
 def get_soft_scores_and_true_labels(
-    dataset: Dataset, model: nn.Module, batch_size: int = 32, device: torch.device | str = "cpu", progress: bool = True
+    dataset: Dataset, model: nn.Module, batch_size: int = 32, device: torch.device | str = "cpu", progress: bool = True,
+    num_workers: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(softmax of output 0, softmax of output 1, true labels) over the whole dataset, in dataset order."""
     model.eval()
     first, second, labels = [], [], []
-    loader = make_loader(dataset, batch_size, shuffle=False, device=torch.device(device))
+    loader = make_loader(dataset, batch_size, shuffle=False, device=torch.device(device), num_workers=num_workers)
     for images, y in tqdm(loader, desc="scoring", disable=not progress, leave=False):
         probs = torch.softmax(model(images.to(device)).float(), dim=1).cpu()
         first.append(probs[:, 0])
         second.append(probs[:, 1])
         labels.append(y)
     return torch.cat(first).numpy(), torch.cat(second).numpy(), torch.cat(labels).numpy()
-
-
-def equal_error_rate(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
-    """(EER, threshold): the operating point where false-positive and false-negative rates are equal (interpolated)."""
-    fpr, tpr, thresholds = metrics.roc_curve(labels, scores)
-    eer = brentq(lambda x: 1.0 - x - interp1d(fpr, tpr)(x), 0.0, 1.0)
-    threshold = float(interp1d(fpr, thresholds)(eer))
-    return float(eer), threshold
-
-
-def compute_metrics(labels: np.ndarray, fake_scores: np.ndarray, threshold: float = 0.5) -> dict:
-    """AUC, EER, average precision, accuracy and balanced accuracy at `threshold`, confusion matrix; 1 = fake."""
-    labels = np.asarray(labels)
-    predictions = (np.asarray(fake_scores) >= threshold).astype(int)
-    eer, eer_threshold = equal_error_rate(labels, fake_scores)
-    tn, fp, fn, tp = metrics.confusion_matrix(labels, predictions, labels=[0, 1]).ravel()
-    return {
-        "n_samples": int(labels.size),
-        "n_real": int((labels == 0).sum()),
-        "n_fake": int((labels == 1).sum()),
-        "auc": float(metrics.roc_auc_score(labels, fake_scores)),
-        "eer": eer,
-        "eer_threshold": eer_threshold,
-        "average_precision": float(metrics.average_precision_score(labels, fake_scores)),
-        "accuracy": float(metrics.accuracy_score(labels, predictions)),
-        "balanced_accuracy": float(metrics.balanced_accuracy_score(labels, predictions)),
-        "threshold": threshold,
-        "confusion_matrix": {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)},
-    }
 
 
 def plot_roc_and_det(labels: np.ndarray, scores: dict[str, np.ndarray], title: str, roc_path: Path, det_path: Path) -> None:
@@ -100,8 +71,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @cli_main
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    writable_dir(args.figures_dir, "--figures-dir")
     model, test_dataset, device = load_analysis_inputs(args)
-    real_scores, fake_scores, labels = get_soft_scores_and_true_labels(test_dataset, model, args.batch_size, device)
+    real_scores, fake_scores, labels = get_soft_scores_and_true_labels(test_dataset, model, args.batch_size, device,
+                                                                       not args.no_progress, args.num_workers)
     if len(np.unique(labels)) < 2:
         raise UserError("the test set holds only one class; ROC/DET need real and fake images")
     result = compute_metrics(labels, fake_scores, args.threshold)

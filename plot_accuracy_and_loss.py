@@ -14,18 +14,19 @@ from matplotlib.ticker import MaxNLocator
 
 from common import DATASETS, FIGURES_DIR
 from models import MODEL_NAMES
-from utils import UserError, cli_main, new_figure, read_json_list, save_figure
+from utils import UserError, cli_main, new_figure, read_json_list, save_figure, writable_dir
 
 SPLIT_STYLES = {"train": "o-", "val": "s-", "test": "^-"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-m", "--model", choices=MODEL_NAMES, required=True, help="model name (for the title and file name)")
+    p.add_argument("-m", "--model", choices=MODEL_NAMES, help="model name (optional: taken from the log, and checked)")
     p.add_argument("-j", "--json", type=Path, required=True, help="the JSON log written by train_main.py")
-    p.add_argument("-d", "--dataset", choices=DATASETS, required=True, help="dataset name")
+    p.add_argument("-d", "--dataset", choices=DATASETS, help="dataset name (optional: taken from the log, and checked)")
     p.add_argument("--run", type=int, default=-1, help="which record of the log to draw (default: -1, the last)")
     p.add_argument("--figures-dir", type=Path, default=FIGURES_DIR, help="output folder (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="accepted for symmetry with the other scripts (no bars here)")
     return p.parse_args(argv)
 
 
@@ -62,12 +63,27 @@ def plot_metric(record: dict, metric: str, title: str, path: Path) -> Path:
     return save_figure(fig, path)
 
 
+def names_from_record(record: dict, model: str | None, dataset: str | None, path: Path) -> tuple[str, str]:
+    """(model, dataset) of the run; a -m/-d that contradicts the log is an error (it would mislabel the figures)."""
+    names = []
+    for flag, given, key in (("-m", model, "model"), ("-d", dataset, "dataset")):
+        logged = record.get(key)
+        if given is not None and logged is not None and given != logged:
+            raise UserError(f"{path} is a log of {key} {logged}, not {given}; drop {flag} or pass the right log")
+        if (given or logged) is None:
+            raise UserError(f"{path} does not name its {key}; pass {flag}")
+        names.append(given or logged)
+    return names[0], names[1]
+
+
 @cli_main
 def main(argv: list[str] | None = None) -> list[Path]:
     args = parse_args(argv)
     record = select_record(read_json_list(args.json), args.run, args.json)
-    prefix = args.figures_dir / f"{args.dataset}_{args.model}"
-    title = f"{args.model} on {args.dataset}"
+    model, dataset = names_from_record(record, args.model, args.dataset, args.json)
+    writable_dir(args.figures_dir, "--figures-dir")
+    prefix = args.figures_dir / (f"{dataset}_{model}" + (f"_{record['tag']}" if record.get("tag") else ""))
+    title = f"{model} on {dataset}" + (f" ({record['tag']})" if record.get("tag") else "")
     return [
         plot_metric(record, "loss", f"{title}: loss", Path(f"{prefix}_losses_plot.png")),
         plot_metric(record, "acc", f"{title}: accuracy", Path(f"{prefix}_accuracies_plot.png")),

@@ -13,16 +13,17 @@ from pathlib import Path
 import numpy as np
 
 from common import CLASS_NAMES, DATA_ROOT, DATASETS, FIGURES_DIR
-from faces_dataset import FacesDataset
-from utils import cli_main, dataset_dir, new_figure, save_figure
+from faces_dataset import FacesDataset, dataset_dir
+from utils import cli_main, new_figure, positive_int, save_figure, writable_dir
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", type=Path, default=DATA_ROOT, help="folder holding the datasets (default: %(default)s)")
     p.add_argument("--split", choices=("train", "val", "test"), default="train", help="split to sample (default: train)")
-    p.add_argument("--n", type=int, default=4, help="samples per row (default: %(default)s)")
+    p.add_argument("--n", type=positive_int, default=4, help="samples per row (default: %(default)s)")
     p.add_argument("--figures-dir", type=Path, default=FIGURES_DIR, help="output folder (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="accepted for symmetry with the other scripts (no bars here)")
     return p.parse_args(argv)
 
 
@@ -37,6 +38,7 @@ def pick_indices(labels: list[int], label: int, n: int) -> list[int]:
 @cli_main
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
+    writable_dir(args.figures_dir, "--figures-dir")
     datasets = [FacesDataset(dataset_dir(name, args.split, args.data_root)) for name in DATASETS]
     fig, axes = new_figure(2 * len(DATASETS), args.n, figsize=(2.2 * args.n, 2.4 * 2 * len(DATASETS)), squeeze=False)
     for d, (name, ds) in enumerate(zip(DATASETS, datasets)):

@@ -23,37 +23,46 @@ from tqdm import tqdm
 
 from attacks import attack_batch, cw_attack
 from common import DEFAULT_PGD_STEPS, ROBUSTNESS_EPSILONS
+from faces_dataset import dataset_labels
 from models import MODEL_NAMES, load_analysis_inputs
 from utils import (
     UserError,
     add_analysis_args,
     atomic_write_json,
     cli_main,
-    dataset_labels,
     denormalize,
     make_loader,
+    model_normalization,
     new_figure,
+    non_negative_int,
     normalize,
+    positive_int,
     read_json_list,
     sample_batch,
     save_figure,
+    writable_dir,
 )
 
 
 def evaluate_under_attack(
     model: nn.Module, dataset: Dataset, attack: str, eps: float, steps: int, alpha: float | None, batch_size: int,
-    device: torch.device, seed: int, progress: bool = True,
+    device: torch.device, seed: int, progress: bool = True, num_workers: int | None = None,
 ) -> dict:
-    """Accuracy (%), AUC and the fake->real evasion rate (%) on `dataset` attacked (untargeted) with budget eps."""
+    """Accuracy (%), AUC and the fake->real evasion rate (%) on `dataset` attacked (untargeted) with budget eps.
+
+    Scores are P(fake) (softmax output 1), pixels are undone and redone with the model's own normalisation.
+    """
     torch.manual_seed(seed)
+    norm = model_normalization(model)
     scores, labels = [], []
     desc = f"{attack} eps={eps * 255:.0f}/255"
-    for images, y in tqdm(make_loader(dataset, batch_size, False, device), desc=desc, leave=False, disable=not progress):
-        x01, y = denormalize(images.to(device)), y.to(device)
+    loader = make_loader(dataset, batch_size, False, device, num_workers)
+    for images, y in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        x01, y = denormalize(images.to(device), norm), y.to(device)
         if eps > 0:
             x01 = attack_batch(attack, model, x01, y, eps=eps, alpha=alpha, steps=steps)
         with torch.no_grad():
-            scores.append(torch.softmax(model(normalize(x01)), 1)[:, 1].cpu())
+            scores.append(torch.softmax(model(normalize(x01, norm)), 1)[:, 1].cpu())
         labels.append(y.cpu())
     s, y = torch.cat(scores).numpy(), torch.cat(labels).numpy()
     predicted = (s >= 0.5).astype(int)
@@ -68,9 +77,10 @@ def evaluate_under_attack(
 def cw_summary(model: nn.Module, images01: torch.Tensor, labels: torch.Tensor, steps: int, search: int) -> dict:
     """C&W L2 on a few images: success rate (%) and the median / mean L2 of the successful perturbations."""
     adv = cw_attack(model, images01, labels, steps=steps, binary_search_steps=search)
+    norm = model_normalization(model)
     with torch.no_grad():
-        clean_right = model(normalize(images01)).argmax(1) == labels
-        fooled = model(normalize(adv)).argmax(1) != labels
+        clean_right = model(normalize(images01, norm)).argmax(1) == labels
+        fooled = model(normalize(adv, norm)).argmax(1) != labels
     success = clean_right & fooled
     l2 = (adv - images01).flatten(1).norm(dim=1)[success]
     n = int(clean_right.sum())
@@ -110,9 +120,10 @@ def plot_examples(model: nn.Module, images01: torch.Tensor, labels: torch.Tensor
                   path: Path) -> Path:
     """Rows: clean image, PGD adversarial image, perturbation amplified to the full range; titles carry P(fake)."""
     adv = attack_batch("pgd", model, images01, labels, eps=eps, steps=steps)
+    norm = model_normalization(model)
     with torch.no_grad():
-        p_clean = torch.softmax(model(normalize(images01)), 1)[:, 1].cpu()
-        p_adv = torch.softmax(model(normalize(adv)), 1)[:, 1].cpu()
+        p_clean = torch.softmax(model(normalize(images01, norm)), 1)[:, 1].cpu()
+        p_adv = torch.softmax(model(normalize(adv, norm)), 1)[:, 1].cpu()
     delta = (adv - images01).cpu()
     amplified = (delta / (2 * max(eps, 1e-12)) + 0.5).clamp(0, 1)
     n = len(labels)
@@ -134,15 +145,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--attacks", nargs="+", choices=("fgsm", "pgd"), default=["fgsm", "pgd"], help="attacks per budget")
     p.add_argument("--epsilons", nargs="+", type=float, default=[e * 255 for e in ROBUSTNESS_EPSILONS],
                    help="L-inf budgets in grey levels of 255 (default: 0 1 2 4 8)")
-    p.add_argument("--steps", type=int, default=DEFAULT_PGD_STEPS, help="PGD steps (default: %(default)s)")
+    p.add_argument("--steps", type=positive_int, default=DEFAULT_PGD_STEPS, help="PGD steps (default: %(default)s)")
     p.add_argument("--alpha", type=float, help="PGD step in [0,1] units (default: 2.5 * eps / steps)")
-    p.add_argument("--cw-samples", type=int, default=8, help="fake images attacked by C&W (0 skips it; default: %(default)s)")
-    p.add_argument("--cw-steps", type=int, default=50, help="Adam steps per C&W search round (default: %(default)s)")
-    p.add_argument("--cw-search", type=int, default=4, help="C&W binary-search rounds over c (default: %(default)s)")
-    p.add_argument("--n-examples", type=int, default=4, help="images in the examples figure (default: %(default)s)")
+    p.add_argument("--cw-samples", type=non_negative_int, default=8, help="fake images attacked by C&W (0 skips it; default: %(default)s)")
+    p.add_argument("--cw-steps", type=positive_int, default=50, help="Adam steps per C&W search round (default: %(default)s)")
+    p.add_argument("--cw-search", type=positive_int, default=4, help="C&W binary-search rounds over c (default: %(default)s)")
+    p.add_argument("--n-examples", type=positive_int, default=4, help="images in the examples figure (default: %(default)s)")
     p.add_argument("--tag", default="", help="name of this variant in file names and legends (e.g. advpgd)")
     p.add_argument("--overlay", nargs="*", type=Path, default=[], help="robustness JSON files of other runs to draw too")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     if any(e < 0 or e > 255 for e in args.epsilons):
         p.error("--epsilons are grey levels in [0, 255], e.g. 0 1 2 4 8")
@@ -153,6 +163,8 @@ def load_overlays(paths: list[Path]) -> list[dict]:
     """Other runs' robustness results (each file holds a one-element list)."""
     overlays = []
     for path in paths:
+        if not path.is_file():
+            raise UserError(f"--overlay {path} does not exist; run robustness_analysis.py on that checkpoint first")
         records = read_json_list(path)
         if not records or "attacks" not in records[0]:
             raise UserError(f"{path} is not a robustness JSON written by robustness_analysis.py")
@@ -164,7 +176,9 @@ def load_overlays(paths: list[Path]) -> list[dict]:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     overlays = load_overlays(args.overlay)
+    writable_dir(args.figures_dir, "--figures-dir")
     model, test_dataset, device = load_analysis_inputs(args)
+    norm = model_normalization(model)
     name = f"{args.dataset}_{args.model}" + (f"_{args.tag}" if args.tag else "")
     result: dict = {"model": args.model, "dataset": args.dataset, "checkpoint": str(args.checkpoint_path), "tag": args.tag,
                     "n_test": len(test_dataset), "pgd_steps": args.steps, "attacks": {}}
@@ -172,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows = []
         for eps255 in args.epsilons:
             r = evaluate_under_attack(model, test_dataset, attack, eps255 / 255, args.steps, args.alpha, args.batch_size,
-                                      device, args.seed, not args.no_progress)
+                                      device, args.seed, not args.no_progress, args.num_workers)
             rows.append({"eps_255": eps255, **r})
             print(f"{attack.upper():4s} eps {eps255:4.1f}/255: accuracy {r['accuracy']:6.2f}%  AUC "
                   f"{r['auc'] if r['auc'] is None else round(r['auc'], 4)}  fakes passed as real {r['fake_evasion_rate']}%")
@@ -182,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
     fake_subset = Subset(test_dataset, np.flatnonzero(labels == 1).tolist())
     if args.cw_samples > 0 and len(fake_subset):
         images, y = sample_batch(fake_subset, min(args.cw_samples, len(fake_subset)), args.seed)
-        result["cw"] = cw_summary(model, denormalize(images.to(device)), y.to(device), args.cw_steps, args.cw_search)
+        result["cw"] = cw_summary(model, denormalize(images.to(device), norm), y.to(device), args.cw_steps, args.cw_search)
         print(f"C&W L2 on {result['cw']['n_images']} fakes: success {result['cw']['success_rate']}%, "
               f"median L2 {result['cw']['median_l2']}")
 
@@ -191,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
     plot_curves(result, overlays, title, args.figures_dir / f"{name}_robustness_curves.png")
     if len(fake_subset):
         images, y = sample_batch(fake_subset, min(args.n_examples, len(fake_subset)), args.seed + 1)
-        plot_examples(model, denormalize(images.to(device)), y.to(device), max(args.epsilons) / 255, args.steps,
+        plot_examples(model, denormalize(images.to(device), norm), y.to(device), max(args.epsilons) / 255, args.steps,
                       f"Fake test images pushed towards 'real' ({args.model}, {args.dataset})",
                       args.figures_dir / f"{name}_adversarial_examples.png")
     return result

@@ -17,7 +17,19 @@ from tqdm import tqdm
 
 from common import CLASS_NAMES
 from models import MODEL_NAMES, load_analysis_inputs
-from utils import add_analysis_args, cli_main, frozen_eval, make_loader, new_figure, sample_batch, save_figure, to_display
+from utils import (
+    add_analysis_args,
+    cli_main,
+    frozen_eval,
+    make_loader,
+    model_normalization,
+    new_figure,
+    positive_int,
+    sample_batch,
+    save_figure,
+    to_display,
+    writable_dir,
+)
 
 
 def compute_gradient_saliency_maps(samples: torch.Tensor, true_labels: torch.Tensor, model: nn.Module) -> torch.Tensor:
@@ -32,11 +44,13 @@ def compute_gradient_saliency_maps(samples: torch.Tensor, true_labels: torch.Ten
     return grad.abs().amax(dim=1)
 
 
-def mean_saliency_per_class(model: nn.Module, dataset, batch_size: int, device: torch.device) -> dict[int, np.ndarray]:
+def mean_saliency_per_class(model: nn.Module, dataset, batch_size: int, device: torch.device, progress: bool = True,
+                            num_workers: int | None = None) -> dict[int, np.ndarray]:
     """Mean saliency map (H,W) of the real (0) and fake (1) images of a dataset."""
     sums: dict[int, torch.Tensor] = {}
     counts = {0: 0, 1: 0}
-    for images, labels in tqdm(make_loader(dataset, batch_size, False, device), desc="saliency", leave=False):
+    loader = make_loader(dataset, batch_size, False, device, num_workers)
+    for images, labels in tqdm(loader, desc="saliency", leave=False, disable=not progress):
         maps = compute_gradient_saliency_maps(images.to(device), labels.to(device), model).cpu()
         for c in (0, 1):
             sel = maps[labels == c]
@@ -49,14 +63,16 @@ def mean_saliency_per_class(model: nn.Module, dataset, batch_size: int, device: 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_analysis_args(p, MODEL_NAMES)
-    p.add_argument("--n-pairs", type=int, default=8, help="image/saliency pairs in the grid (default: %(default)s)")
+    p.add_argument("--n-pairs", type=positive_int, default=8, help="image/saliency pairs in the grid (default: %(default)s)")
     return p.parse_args(argv)
 
 
 @cli_main
 def main(argv: list[str] | None = None) -> list:
     args = parse_args(argv)
+    writable_dir(args.figures_dir, "--figures-dir")
     model, test_dataset, device = load_analysis_inputs(args)
+    norm = model_normalization(model)
     prefix = args.figures_dir / f"{args.dataset}_{args.model}"
 
     images, labels = sample_batch(test_dataset, min(args.n_pairs, len(test_dataset)), args.seed)
@@ -66,7 +82,7 @@ def main(argv: list[str] | None = None) -> list:
     n = len(images)
     fig, axes = new_figure(2, n, figsize=(2.1 * n, 4.6), squeeze=False)
     for i in range(n):
-        axes[0, i].imshow(to_display(images[i]))
+        axes[0, i].imshow(to_display(images[i], norm))
         axes[0, i].set_title(f"true {CLASS_NAMES[labels[i]]}\npred {CLASS_NAMES[predicted[i]]}", fontsize=8)
         axes[1, i].imshow(maps[i].numpy(), cmap="hot")
         for ax in axes[:, i]:
@@ -74,7 +90,7 @@ def main(argv: list[str] | None = None) -> list:
     fig.suptitle(f"{args.model} on {args.dataset}: images and their saliency maps (|grad| of the true-class score)")
     pairs = save_figure(fig, f"{prefix}_saliency_maps_and_images_pairs.png")
 
-    means = mean_saliency_per_class(model, test_dataset, args.batch_size, device)
+    means = mean_saliency_per_class(model, test_dataset, args.batch_size, device, not args.no_progress, args.num_workers)
     fig, axes = new_figure(1, len(means), figsize=(4.2 * len(means), 4.4), squeeze=False)
     for ax, (c, m) in zip(axes[0], sorted(means.items())):
         shown = ax.imshow(m, cmap="hot")

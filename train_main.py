@@ -2,13 +2,15 @@
 
     python train_main.py -d fakes_dataset -m SimpleNet --lr 0.001 -b 32 -e 5 -o Adam
     python train_main.py -d synthetic_dataset -m XceptionBased --lr 0.001 -b 32 -e 2 -o Adam
+    python train_main.py -d synthetic_dataset -m EfficientNetLite0 --lr 3e-4 -e 3 --scheduler cosine --select-by auc
     python train_main.py -d fakes_dataset -m SimpleNet -e 1 --limit 64             # a quick smoke run
     python train_main.py -d fakes_dataset -m SimpleNet --adv pgd --eps 0.0314       # adversarial training
     python train_main.py -d fakes_dataset -m SimpleNet -e 8 --resume                # continue to epoch 8
 
 Writes out/<dataset>_<model>_<opt>.json (one record appended per run) and checkpoints/<dataset>_<model>_<opt>.pt
-(best validation accuracy) plus ..._last.pt (for --resume). `-m Bonus` also publishes checkpoints/bonus.pt.
-Adversarially trained runs add the suffix _advfgsm / _advpgd to those names, so they never overwrite the plain run.
+(best validation epoch, by --select-by) plus ..._last.pt (for --resume). `-m Bonus` also publishes checkpoints/bonus.pt.
+Adversarially trained runs add the suffix _advfgsm / _advpgd to those names, so they never overwrite the plain run;
+--catalog runs are named after the catalog's folder. Every flag is checked before any image is read.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from torch import nn
 
 from attacks import pgd_step_size
 from common import (
+    BALANCE,
     BONUS_CHECKPOINT,
     CHECKPOINT_DIR,
     DATA_ROOT,
@@ -33,23 +36,26 @@ from common import (
     DEFAULT_OPTIMIZER,
     DEFAULT_PGD_STEPS,
     DEFAULT_SEED,
-    IMAGE_SIZE,
     OPTIMIZERS,
     OUT_DIR,
+    SCHEDULERS,
+    SELECT_BY,
 )
-from faces_dataset import CatalogDataset
-from models import MODEL_NAMES, PRETRAINED_MODELS, build_model, load_model_from_checkpoint
-from trainer import AdversarialConfig, LoggingParameters, Trainer, optimizer_params_for_log
+from faces_dataset import CatalogDataset, dataset_labels, evenly_spaced_subset, get_transforms, is_demo_data, load_dataset
+from models import MODEL_NAMES, MODEL_SPECS, PRETRAINED_MODELS, build_model, load_model_from_checkpoint
+from trainer import AdversarialConfig, LoggingParameters, Schedule, Trainer, optimizer_params_for_log
 from utils import (
+    Normalization,
     UserError,
     cli_main,
-    evenly_spaced_subset,
     get_device,
     get_nof_params,
-    get_transforms,
-    is_demo_data,
-    load_dataset,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
     set_seed,
+    writable_dir,
 )
 
 
@@ -57,44 +63,55 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-d", "--dataset", choices=DATASETS, default=DATASETS[0], help="dataset name (default: %(default)s)")
     p.add_argument("-m", "--model", choices=MODEL_NAMES, default="SimpleNet", help="model name (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=DEFAULT_LR, help="learning rate (default: %(default)s)")
-    p.add_argument("-b", "--batch_size", "--batch-size", dest="batch_size", type=int, default=DEFAULT_BATCH_SIZE,
+    p.add_argument("--lr", type=positive_float, default=DEFAULT_LR, help="learning rate (default: %(default)s)")
+    p.add_argument("-b", "--batch_size", "--batch-size", dest="batch_size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                    help="batch size (default: %(default)s)")
-    p.add_argument("-e", "--epochs", type=int, default=DEFAULT_EPOCHS, help="epochs in total (default: %(default)s)")
+    p.add_argument("-e", "--epochs", type=positive_int, default=DEFAULT_EPOCHS, help="epochs in total (default: %(default)s)")
     p.add_argument("-o", "--optimizer", choices=OPTIMIZERS, default=DEFAULT_OPTIMIZER, help="optimizer (default: %(default)s)")
-    p.add_argument("--momentum", type=float, default=DEFAULT_MOMENTUM, help="SGD momentum (default: %(default)s)")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="weight decay (default: %(default)s)")
+    p.add_argument("--momentum", type=non_negative_float, default=DEFAULT_MOMENTUM, help="SGD momentum (default: %(default)s)")
+    p.add_argument("--weight-decay", type=non_negative_float, default=0.0, help="weight decay (default: %(default)s)")
+    p.add_argument("--scheduler", choices=SCHEDULERS, default="none", help="learning-rate schedule (default: %(default)s)")
+    p.add_argument("--warmup-epochs", type=non_negative_int, default=0, help="linear warm-up epochs (default: %(default)s)")
+    p.add_argument("--step-size", type=positive_int, default=1, help="--scheduler step: epochs per decay (default: 1)")
+    p.add_argument("--gamma", type=positive_float, default=0.1, help="--scheduler step: decay factor (default: 0.1)")
+    p.add_argument("--select-by", choices=SELECT_BY, default="acc",
+                   help="validation metric that picks the best checkpoint (default: %(default)s, the assignment's)")
+    p.add_argument("--augment", action="store_true", help="train-time JPEG re-compression, blur and colour jitter")
+    p.add_argument("--balance", choices=BALANCE, default="none",
+                   help="imbalanced classes: loss weights or a balanced sampler for the train split (default: none)")
     p.add_argument("--data-root", type=Path, default=DATA_ROOT, help="folder holding the datasets (default: %(default)s)")
     p.add_argument("--catalog", type=Path, help="train on a catalog.csv of tools/face_preprocess.py instead of -d's "
-                   "train split (its 'split' column picks train/val/test rows when present)")
-    p.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="input side in pixels (default: %(default)s)")
-    p.add_argument("--limit", type=int, help="use at most this many samples per split (quick runs)")
+                   "splits (its 'split' column picks the train/val/test rows)")
+    p.add_argument("--image-size", type=positive_int,
+                   help="input side in pixels (default: the model's own: 256, 224 for ResNet50/EfficientNetLite0, 260 Lite2)")
+    p.add_argument("--limit", type=positive_int, help="use at most this many samples per split (quick runs)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
-    p.add_argument("--num-workers", type=int, help="DataLoader workers (default: half the CPU cores)")
+    p.add_argument("--num-workers", type=non_negative_int, help="DataLoader workers (default: half the CPU cores)")
     p.add_argument("--amp", action="store_true", help="mixed precision on CUDA")
     p.add_argument("--resume", action="store_true", help="continue the run from checkpoints/..._last.pt")
     p.add_argument("--init-from", type=Path, help="start from the weights of this checkpoint of the same model "
                    "(e.g. adversarial fine-tuning of a normally trained one)")
     p.add_argument("--no-pretrained", action="store_true", help="start ImageNet backbones from random weights")
     p.add_argument("--weights", type=Path, help="ImageNet weight file for XceptionBased/ResNet50")
-    p.add_argument("--freeze-backbone", action="store_true", help="train only the last block and the head")
+    p.add_argument("--freeze-backbone", action="store_true", help="train only the last block(s) and the head")
     p.add_argument("--adv", choices=("none", "fgsm", "pgd"), default="none", help="adversarial training (default: none)")
-    p.add_argument("--eps", type=float, default=DEFAULT_EPS, help="attack budget, [0,1] pixels (default: 8/255)")
-    p.add_argument("--alpha", type=float, help="PGD step, [0,1] pixels (default: 2.5 * eps / steps)")
-    p.add_argument("--steps", type=int, default=DEFAULT_PGD_STEPS, help="PGD steps (default: %(default)s)")
-    p.add_argument("--adv-ratio", type=float, default=0.5, help="share of each batch made adversarial (default: %(default)s)")
+    p.add_argument("--eps", type=non_negative_float, default=DEFAULT_EPS, help="attack budget, [0,1] pixels (default: 8/255)")
+    p.add_argument("--alpha", type=positive_float, help="PGD step, [0,1] pixels (default: 2.5 * eps / steps)")
+    p.add_argument("--steps", type=positive_int, default=DEFAULT_PGD_STEPS, help="PGD steps, at least 1 (default: %(default)s)")
+    p.add_argument("--adv-ratio", type=non_negative_float, default=0.5, help="share of each batch made adversarial (default: %(default)s)")
     p.add_argument("--out-dir", type=Path, default=OUT_DIR, help="JSON logs folder (default: %(default)s)")
     p.add_argument("--checkpoint-dir", type=Path, default=CHECKPOINT_DIR, help="checkpoints folder (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
-    for name in ("lr", "batch_size", "epochs", "image_size"):
-        if getattr(args, name) <= 0:
-            p.error(f"--{name.replace('_', '-')} must be positive")
-    if not 0 <= args.adv_ratio <= 1:
+    if args.adv_ratio > 1:
         p.error("--adv-ratio must be between 0 and 1")
-    if args.eps < 0 or args.eps > 1:
+    if args.eps > 1:
         p.error("--eps is in [0,1] pixel units (8/255 = 0.0314); got a value outside [0,1]")
+    if args.weights is not None and args.model not in PRETRAINED_MODELS:
+        p.error(f"--weights applies to {', '.join(PRETRAINED_MODELS)}, not {args.model}")
+    if args.image_size is None:
+        args.image_size = MODEL_SPECS[args.model].image_size
     return args
 
 
@@ -119,13 +136,48 @@ def init_weights(model: nn.Module, checkpoint: Path, model_name: str) -> None:
     print(f"initialised from {checkpoint}")
 
 
-def catalog_splits(args: argparse.Namespace) -> tuple:
-    """train/val/test datasets from a catalog.csv with a 'split' column (see tools/face_preprocess.py)."""
+def load_splits(args: argparse.Namespace, norm: Normalization) -> tuple:
+    """train/val/test datasets from -d's folders or from a catalog.csv with a 'split' column."""
+    if args.catalog is None:
+        return tuple(load_dataset(args.dataset, split, args.data_root, args.image_size, args.limit, norm, args.augment)
+                     for split in ("train", "val", "test"))
     splits = []
     for split in ("train", "val", "test"):
-        ds = CatalogDataset(args.catalog, get_transforms(split == "train", args.image_size), split=split)
+        ds = CatalogDataset(args.catalog, get_transforms(split == "train", args.image_size, norm, args.augment), split=split)
         splits.append(evenly_spaced_subset(ds, args.limit))
     return tuple(splits)
+
+
+def run_dataset_name(args: argparse.Namespace) -> str:
+    """The dataset part of the run's file names: -d, or 'catalog-<folder>' for a --catalog run (never -d's files)."""
+    return args.dataset if args.catalog is None else f"catalog-{args.catalog.resolve().parent.name}"
+
+
+def check_classes(train_ds, name: str) -> None:
+    """Refuse a train split that lacks a class: it would train silently to a constant answer."""
+    present = set(dataset_labels(train_ds))
+    if present != {0, 1}:
+        missing = "real" if 0 not in present else "fake"
+        raise UserError(f"the {name} train split holds no {missing} images; a detector needs both classes")
+
+
+def make_model(args: argparse.Namespace) -> nn.Module:
+    """The model of -m, from ImageNet weights where it has them (unless --no-pretrained or --init-from)."""
+    build_kwargs: dict = {}
+    if args.model in PRETRAINED_MODELS:
+        build_kwargs = {"freeze_backbone": args.freeze_backbone}
+        if args.weights is not None:
+            build_kwargs["weights"] = args.weights
+    try:
+        model = build_model(args.model, pretrained=not args.no_pretrained and args.init_from is None,
+                            image_size=args.image_size, **build_kwargs)
+    except ValueError as err:  # e.g. SimpleNet at an image size its three 7x7 conv/pool blocks cannot reduce
+        raise UserError(f"{args.model} cannot be built as asked: {err}") from err
+    if args.init_from is not None:
+        init_weights(model, args.init_from, args.model)
+    if args.batch_size == 1 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise UserError(f"-b 1 cannot train {args.model}: its BatchNorm layers need at least 2 samples per batch")
+    return model
 
 
 @cli_main
@@ -133,43 +185,46 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     set_seed(args.seed)
     device = get_device(args.device)
-    if args.catalog is not None:
-        train_ds, val_ds, test_ds = catalog_splits(args)
-    else:
-        train_ds, val_ds, test_ds = (
-            load_dataset(args.dataset, split, args.data_root, args.image_size, args.limit) for split in ("train", "val", "test")
-        )
-        if is_demo_data(args.data_root):
-            print(f"note: {args.data_root} holds the built-in synthetic demo data, not real faces")
-    model_kwargs: dict = {"image_size": args.image_size}
-    build_kwargs: dict = {}
-    if args.model in PRETRAINED_MODELS:
-        build_kwargs = {"weights": args.weights, "freeze_backbone": args.freeze_backbone}
-    model = build_model(args.model, pretrained=not args.no_pretrained and args.init_from is None, **model_kwargs,
-                        **build_kwargs)
-    if args.init_from is not None:
-        init_weights(model, args.init_from, args.model)
+    writable_dir(args.out_dir, "--out-dir")  # before any epoch is spent, not after the first one
+    writable_dir(args.checkpoint_dir, "--checkpoint-dir")
+    norm = MODEL_SPECS[args.model].norm
+    train_ds, val_ds, test_ds = load_splits(args, norm)
+    dataset_name = run_dataset_name(args)
+    check_classes(train_ds, dataset_name)
+    if args.catalog is None and is_demo_data(args.data_root):
+        print(f"note: {args.data_root} holds the built-in synthetic demo data, not real faces")
+    model = make_model(args)
     optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.momentum, args.weight_decay)
     print(
-        f"{args.model} ({get_nof_params(model):,d} trainable parameters) on {args.dataset}: "
-        f"{len(train_ds)} train / {len(val_ds)} val / {len(test_ds)} test images, device {device}"
+        f"{args.model} ({get_nof_params(model):,d} trainable parameters) on {dataset_name}: "
+        f"{len(train_ds)} train / {len(val_ds)} val / {len(test_ds)} test images at {args.image_size} px, device {device}"
     )
+    labels = dataset_labels(train_ds)
+    weight = None
+    if args.balance == "weights":  # inverse class frequency, normalised so a balanced split gets weights 1
+        counts = torch.bincount(torch.tensor(labels), minlength=2).float()
+        weight = (counts.sum() / (2 * counts)).to(device)
     alpha = args.alpha if args.alpha is not None else pgd_step_size(args.eps, args.steps)
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     config.update(alpha=alpha, n_params=get_nof_params(model), n_params_total=sum(p.numel() for p in model.parameters()),
-                  device=str(device), torch=torch.__version__)
+                  device=str(device), torch=torch.__version__, normalization=norm.to_dict(),
+                  class_weights=weight.tolist() if weight is not None else None)
+    model_kwargs = {"image_size": args.image_size}
     trainer = Trainer(
-        model, optimizer, nn.CrossEntropyLoss(), args.batch_size, train_ds, val_ds, test_ds,
+        model, optimizer, nn.CrossEntropyLoss(weight=weight), args.batch_size, train_ds, val_ds, test_ds,
         device=device, num_workers=args.num_workers, seed=args.seed, out_dir=args.out_dir,
         checkpoint_dir=args.checkpoint_dir, amp=args.amp, progress=not args.no_progress, model_kwargs=model_kwargs,
         adversarial=AdversarialConfig(args.adv, args.eps, alpha, args.steps, args.adv_ratio), run_config=config,
+        schedule=Schedule(args.scheduler, args.warmup_epochs, args.step_size, args.gamma), select_by=args.select_by,
+        balanced_sampler=args.balance == "sampler",
     )
     tag = f"adv{args.adv}" if args.adv != "none" else ""
-    lp = LoggingParameters(args.model, args.dataset, args.optimizer, optimizer_params_for_log(optimizer), tag)
+    lp = LoggingParameters(args.model, dataset_name, args.optimizer, optimizer_params_for_log(optimizer), tag)
     record = trainer.run(args.epochs, lp, resume=args.resume)
     paths = trainer.paths(lp)
-    print(f"best val acc {record['best_val_acc']:.2f}% at epoch {record['best_epoch']}, "
-          f"test acc there {record['test_acc_at_best_val']:.2f}%")
+    auc = record.get("test_auc_at_best_val")
+    print(f"best val ({args.select_by}) at epoch {record['best_epoch']}: val acc {record['best_val_acc']:.2f}%, "
+          f"test acc {record['test_acc_at_best_val']:.2f}%" + (f", test AUC {auc:.4f}" if auc is not None else ""))
     print(f"log: {paths['json']}  checkpoint: {paths['best']}")
     if args.model == "Bonus" and args.dataset == "fakes_dataset" and not tag and args.catalog is None:
         bonus = args.checkpoint_dir / BONUS_CHECKPOINT.name

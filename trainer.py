@@ -2,32 +2,130 @@
 
 Model- and dataset-agnostic (the caller wires them in, see train_main.py). Per run it writes
   out/<dataset>_<model>_<opt>.json          the assignment's JSON list of run records, one record per run
-  checkpoints/<dataset>_<model>_<opt>.pt    the checkpoint of the best validation accuracy
+  checkpoints/<dataset>_<model>_<opt>.pt    the checkpoint of the best validation epoch (by accuracy, AUC or loss)
   checkpoints/<dataset>_<model>_<opt>_last.pt  the latest epoch, for --resume
-all written atomically (temp file, then rename). Averages are over samples, so a short last batch weighs what it should.
+all written atomically (temp file, then rename; the log under an OS file lock, so concurrent runs lose no record).
+Checkpoints load with torch.load(weights_only=True) (see checkpoints.py) and carry the model's input normalisation
+and the validation EER threshold of the best epoch. Averages are over samples, so a short last batch weighs what it
+should; a last batch of one sample is dropped (BatchNorm cannot train on it). Every epoch reseeds python, numpy and
+torch from (seed, epoch), so a resumed run repeats the uninterrupted one exactly.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import random
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from tqdm import tqdm
 
 from attacks import attack_batch
+from checkpoints import FORMAT, read_checkpoint, save_checkpoint
 from common import CHECKPOINT_DIR, DEFAULT_ALPHA, DEFAULT_EPS, DEFAULT_PGD_STEPS, DEFAULT_SEED, OUT_DIR
-from utils import UserError, atomic_torch_save, atomic_write_json, denormalize, make_loader, normalize
+from faces_dataset import dataset_labels
+from metrics import equal_error_rate, safe_auc
+from utils import (
+    UserError,
+    atomic_write_json,
+    denormalize,
+    make_loader,
+    model_normalization,
+    normalize,
+    remove_stale_temp_files,
+)
 
 HISTORY_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
+EXTRA_HISTORY_KEYS = ("val_auc", "test_auc", "lr")
 ADV_HISTORY_KEYS = ("train_clean_acc", "train_adv_acc")
+
+
+@dataclass
+class Schedule:
+    """Learning-rate schedule per epoch: linear warm-up, then constant (none), cosine to 0, or step decay."""
+
+    name: str = "none"  # none | cosine | step
+    warmup_epochs: int = 0
+    step_size: int = 1
+    gamma: float = 0.1
+
+
+def lr_factor(epoch: int, total_epochs: int, schedule: Schedule) -> float:
+    """Multiplier of the base learning rate during `epoch` (0-based) of `total_epochs`.
+
+    Warm-up epochs ramp linearly up to 1 ((e + 1) / (warmup + 1)); then 'cosine' follows 0.5 (1 + cos(pi t)) with t
+    going from 0 at the first post-warm-up epoch towards 1 at the end, and 'step' multiplies by gamma every step_size
+    epochs. A pure function of the epoch, so --resume needs no scheduler state.
+    """
+    w = schedule.warmup_epochs
+    if epoch < w:
+        return (epoch + 1) / (w + 1)
+    if schedule.name == "cosine":
+        t = (epoch - w) / max(total_epochs - w, 1)
+        return 0.5 * (1 + math.cos(math.pi * t))
+    if schedule.name == "step":
+        return schedule.gamma ** ((epoch - w) // max(schedule.step_size, 1))
+    return 1.0
+
+
+def is_better(select_by: str, value: float | None, best: float | None) -> bool:
+    """Whether a validation value beats the best so far: higher accuracy / AUC, lower loss; None never wins."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    if best is None:
+        return True
+    return value < best if select_by == "loss" else value > best
+
+
+def class_balance_weights(labels: list[int]) -> list[float]:
+    """Per-sample weights that make both classes equally likely to be drawn (1 / count of its class)."""
+    counts = {c: labels.count(c) for c in set(labels)}
+    return [1.0 / counts[y] for y in labels]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (used per epoch, with seed + epoch)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive OS lock on `path`.lock (POSIX flock) while reading-modifying-writing `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; concurrent writers there are not protected
+            yield
+            return
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@dataclass
+class Evaluation:
+    """One pass over a split: per-sample loss and accuracy (%), AUC of P(fake), and the scores themselves."""
+
+    loss: float
+    accuracy: float
+    auc: float | None
+    scores: np.ndarray
+    labels: np.ndarray
 
 
 @dataclass
@@ -122,6 +220,9 @@ class Trainer:
         progress: bool = True,
         model_kwargs: dict | None = None,
         run_config: dict | None = None,
+        schedule: Schedule | None = None,
+        select_by: str = "acc",
+        balanced_sampler: bool = False,
     ):
         self.device = torch.device(device)
         self.model = model.to(self.device)
@@ -141,17 +242,30 @@ class Trainer:
         self.progress = progress
         self.model_kwargs = model_kwargs or {}
         self.run_config = run_config or {}
+        self.schedule = schedule or Schedule()
+        self.select_by = select_by
+        self.balanced_sampler = balanced_sampler
+        self.norm = model_normalization(model)
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
         self.epoch = 0  # epochs completed
+        self.total_epochs = 0
         self._shuffle = torch.Generator()
         self._loaders: dict[int, DataLoader] = {}
         self._last_adv_metrics: tuple[float, float] = (math.nan, math.nan)
+        self._threshold: float | None = None  # validation EER threshold of the latest epoch
 
     # ---- data -------------------------------------------------------------------------------------------------
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         key = id(dataset)
         if key not in self._loaders:
             generator = self._shuffle if shuffle else None
-            self._loaders[key] = make_loader(dataset, self.batch_size, shuffle, self.device, self.num_workers, generator)
+            sampler = None
+            if shuffle and self.balanced_sampler:
+                weights = class_balance_weights(dataset_labels(dataset))
+                sampler = WeightedRandomSampler(weights, len(weights), replacement=True, generator=self._shuffle)
+            drop_last = shuffle and len(dataset) % self.batch_size == 1 and len(dataset) > 1  # type: ignore[arg-type]
+            self._loaders[key] = make_loader(dataset, self.batch_size, shuffle, self.device, self.num_workers, generator,
+                                             sampler, drop_last)
         return self._loaders[key]
 
     def _bar(self, loader: DataLoader, desc: str) -> Any:
@@ -162,17 +276,36 @@ class Trainer:
         """Replace the first ceil(ratio*B) rows of a normalised batch by adversarial examples; returns (batch, n_adv)."""
         cfg = self.adversarial
         n_adv = math.ceil(cfg.ratio * len(labels))
-        x01 = denormalize(inputs[:n_adv])
-        adv = attack_batch(cfg.method, self.model, x01, labels[:n_adv], eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps)
-        return torch.cat([normalize(adv), inputs[n_adv:]]), n_adv
+        x01 = denormalize(inputs[:n_adv], self.norm)
+        adv = attack_batch(cfg.method, self.model, x01, labels[:n_adv], eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps,
+                           norm=self.norm)
+        return torch.cat([normalize(adv, self.norm), inputs[n_adv:]]), n_adv
+
+    def _train_mode(self) -> None:
+        """Train mode, except BatchNorm layers whose parameters are all frozen: their running statistics stay as loaded
+        (a frozen ImageNet backbone keeps its statistics, so its features are what they were pretrained to be)."""
+        self.model.train()
+        for module in self.model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                params = list(module.parameters(recurse=False))
+                if params and not any(p.requires_grad for p in params):
+                    module.eval()
+
+    def _set_lr(self) -> float:
+        factor = lr_factor(self.epoch, max(self.total_epochs, self.epoch + 1), self.schedule)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * factor
+        return self.optimizer.param_groups[0]["lr"]
 
     def train_one_epoch(self) -> tuple[float, float]:
         """Train for one epoch; returns (average loss over samples, accuracy in percent)."""
-        self.model.train()
-        self._shuffle.manual_seed(self.seed + self.epoch)  # the same shuffle per epoch, also after --resume
+        self._train_mode()
+        seed_everything(self.seed + self.epoch)  # dropout, augmentation and attacks draw the same numbers after --resume
+        self._shuffle.manual_seed(self.seed + self.epoch)  # the same shuffle (and worker seeds) per epoch
+        self._set_lr()
         total, clean, adv = MetricAccumulator(), MetricAccumulator(), MetricAccumulator()
         bar = self._bar(self._loader(self.train_dataset, shuffle=True), f"epoch {self.epoch + 1} train")
-        for inputs, labels in bar:
+        for batch_index, (inputs, labels) in enumerate(bar, start=1):
             inputs = inputs.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             n_adv = 0
@@ -182,10 +315,14 @@ class Trainer:
             with torch.autocast(self.device.type, enabled=self.amp):
                 outputs = self.model(inputs)
                 loss = self.criterion(outputs, labels)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise UserError(f"training diverged: the loss is {loss_value} at epoch {self.epoch + 1}, batch {batch_index}; "
+                                "lower --lr (nothing of this epoch was saved)")
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            total.update(loss.item(), outputs.detach(), labels)
+            total.update(loss_value, outputs.detach(), labels)
             if n_adv:
                 per_sample = nn.functional.cross_entropy(outputs.detach(), labels, reduction="none")
                 adv.update(per_sample[:n_adv].mean().item(), outputs[:n_adv].detach(), labels[:n_adv])
@@ -195,10 +332,11 @@ class Trainer:
         self._last_adv_metrics = (clean.accuracy, adv.accuracy)
         return total.avg_loss, total.accuracy
 
-    def evaluate_model_on_dataloader(self, dataset: Dataset) -> tuple[float, float]:
-        """Evaluate on a dataset under torch.no_grad(); returns (average loss over samples, accuracy in percent)."""
+    def evaluate(self, dataset: Dataset) -> Evaluation:
+        """One no-grad pass in eval mode: loss and accuracy over samples, plus P(fake) per sample and its AUC."""
         self.model.eval()
         acc = MetricAccumulator()
+        scores, labels_seen = [], []
         with torch.no_grad():
             for inputs, labels in self._bar(self._loader(dataset, shuffle=False), "evaluate"):
                 inputs = inputs.to(self.device, non_blocking=True)
@@ -207,7 +345,16 @@ class Trainer:
                     outputs = self.model(inputs)
                     loss = self.criterion(outputs, labels)
                 acc.update(loss.item(), outputs.float(), labels)
-        return acc.avg_loss, acc.accuracy
+                scores.append(torch.softmax(outputs.float(), dim=1)[:, 1].cpu())
+                labels_seen.append(labels.cpu())
+        s = torch.cat(scores).numpy() if scores else np.zeros(0)
+        y = torch.cat(labels_seen).numpy() if labels_seen else np.zeros(0, dtype=int)
+        return Evaluation(acc.avg_loss, acc.accuracy, safe_auc(y, s), s, y)
+
+    def evaluate_model_on_dataloader(self, dataset: Dataset) -> tuple[float, float]:
+        """Evaluate on a dataset under torch.no_grad(); returns (average loss over samples, accuracy in percent)."""
+        result = self.evaluate(dataset)
+        return result.loss, result.accuracy
 
     def validate(self) -> tuple[float, float]:
         return self.evaluate_model_on_dataloader(self.validation_dataset)
@@ -224,7 +371,7 @@ class Trainer:
             "last": self.checkpoint_dir / f"{name}_last.pt",
         }
 
-    def _checkpoint(self, lp: LoggingParameters, record: dict) -> dict:
+    def _checkpoint(self, lp: LoggingParameters, record: dict, threshold: float | None) -> dict:
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -232,92 +379,132 @@ class Trainer:
             "epoch": self.epoch,
             "model_name": lp.model_name,
             "model_kwargs": self.model_kwargs,
+            "normalization": self.norm.to_dict(),
+            "threshold": {"value": threshold, "source": "validation EER"} if threshold is not None else None,
             "logging_parameters": asdict(lp),
             "record": record,
-            "format": "fmd-checkpoint-v1",
+            "format": FORMAT,
         }
 
     def _restore(self, paths: dict[str, Path], lp: LoggingParameters) -> dict:
         """Load the _last checkpoint for --resume; returns the run record to continue."""
         if not paths["last"].is_file():
             raise UserError(f"--resume: no checkpoint {paths['last']} to resume from; run once without --resume")
-        ckpt = torch.load(paths["last"], map_location=self.device, weights_only=False)
-        saved = LoggingParameters(**ckpt["logging_parameters"])
+        ckpt = read_checkpoint(paths["last"], self.device)
+        try:
+            saved = LoggingParameters(**ckpt["logging_parameters"])
+        except (KeyError, TypeError) as err:
+            raise UserError(f"--resume: {paths['last']} is not a _last checkpoint of train_main.py") from err
         if (saved.model_name, saved.dataset_name, saved.optimizer_name) != (lp.model_name, lp.dataset_name, lp.optimizer_name):
             raise UserError(f"--resume: {paths['last']} is a {saved.run_name} run, not {lp.run_name}")
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        saved_size = ckpt.get("model_kwargs", {}).get("image_size")
+        if saved_size is not None and saved_size != self.model_kwargs.get("image_size", saved_size):
+            raise UserError(f"--resume: {paths['last']} was trained at --image-size {saved_size}, not "
+                            f"{self.model_kwargs['image_size']}; resume with --image-size {saved_size}")
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise UserError(f"--resume: {paths['last']} does not fit this model or optimizer ({str(err).splitlines()[0]})") from err
+        self.scaler.load_state_dict(ckpt.get("scaler", {}))
+        saved_lr = ckpt["record"].get("config", {}).get("lr")
+        self.base_lrs = [group.get("initial_lr", group["lr"]) for group in self.optimizer.param_groups]
+        if saved_lr is not None:
+            self.base_lrs = [saved_lr] * len(self.optimizer.param_groups)
+            if self.run_config.get("lr") not in (None, saved_lr):
+                print(f"note: --resume keeps the checkpoint's lr {saved_lr} (and its optimizer state); "
+                      f"--lr {self.run_config['lr']} is ignored")
         self.epoch = int(ckpt["epoch"])
         return ckpt["record"]
 
     def write_output(self, logging_parameters: LoggingParameters, record: dict) -> Path:
-        """Insert or replace this run's record (by run_id) in the JSON list; a corrupt log is kept aside, not lost."""
+        """Insert or replace this run's record (by run_id) in the JSON list, under a file lock; a corrupt log is kept
+        aside, not lost."""
         path = self.paths(logging_parameters)["json"]
-        records: list[dict] = []
-        if path.is_file():
-            try:
-                records = json.loads(path.read_text())
-                if not isinstance(records, list):
-                    raise ValueError("not a list")
-            except ValueError:
-                backup = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
-                shutil.move(path, backup)
-                print(f"warning: {path} was not a JSON list of runs; moved it to {backup} and started a new log")
-                records = []
-        records = [r for r in records if r.get("run_id") != record["run_id"]] + [record]
-        atomic_write_json(path, records)
+        with locked(path):
+            records: list[dict] = []
+            if path.is_file():
+                try:
+                    records = json.loads(path.read_text())
+                    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+                        raise ValueError("not a list of run records")
+                except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors too
+                    backup = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+                    shutil.move(path, backup)
+                    print(f"warning: {path} was not a JSON list of runs; moved it to {backup} and started a new log")
+                    records = []
+            records = [r for r in records if r.get("run_id") != record["run_id"]] + [record]
+            atomic_write_json(path, records)
         return path
+
+    def _new_record(self, lp: LoggingParameters) -> dict:
+        record = {
+            "model": lp.model_name,
+            "dataset": lp.dataset_name,
+            "optimizer": {"name": lp.optimizer_name, "params": lp.optimizer_params},
+            **{key: [] for key in HISTORY_KEYS + EXTRA_HISTORY_KEYS},
+            "tag": lp.tag,
+            "run_id": uuid.uuid4().hex[:12],
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "seed": self.seed,
+            "config": self.run_config,
+            "select_by": self.select_by,
+            "epoch_time_s": [],
+            "best_epoch": None,
+            "best_val_acc": None,
+            "best_val_auc": None,
+            "best_val_loss": None,
+            "test_acc_at_best_val": None,
+            "test_auc_at_best_val": None,
+            "threshold": None,
+        }
+        if self.adversarial.enabled:
+            record["adversarial"] = asdict(self.adversarial)
+            record.update({key: [] for key in ADV_HISTORY_KEYS})
+        return record
 
     def run(self, epochs: int, logging_parameters: LoggingParameters, resume: bool = False) -> dict:
         """Train for `epochs` epochs (in total, counting resumed ones); returns the run record written to the log."""
         lp = logging_parameters
         paths = self.paths(lp)
+        for key in ("best", "last", "json"):  # a run killed while saving leaves a hidden temp file: clean it
+            remove_stale_temp_files(paths[key].parent, paths[key].name)
+        self.total_epochs = epochs
         if resume:
             record = self._restore(paths, lp)
             print(f"resuming {lp.run_name} after epoch {self.epoch} of {epochs}")
         else:
-            record = {
-                "model": lp.model_name,
-                "dataset": lp.dataset_name,
-                "optimizer": {"name": lp.optimizer_name, "params": lp.optimizer_params},
-                **{key: [] for key in HISTORY_KEYS},
-                "tag": lp.tag,
-                "run_id": uuid.uuid4().hex[:12],
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "seed": self.seed,
-                "config": self.run_config,
-                "epoch_time_s": [],
-                "best_epoch": None,
-                "best_val_acc": None,
-                "test_acc_at_best_val": None,
-            }
-            if self.adversarial.enabled:
-                record["adversarial"] = asdict(self.adversarial)
-                record.update({key: [] for key in ADV_HISTORY_KEYS})
+            record = self._new_record(lp)
+        for key in EXTRA_HISTORY_KEYS:  # logs of older versions lack them
+            record.setdefault(key, [None] * len(record["train_loss"]))
         while self.epoch < epochs:
             start = time.perf_counter()
             train_loss, train_acc = self.train_one_epoch()
-            val_loss, val_acc = self.validate()
-            test_loss, test_acc = self.test()
+            lr = self.optimizer.param_groups[0]["lr"]
+            val = self.evaluate(self.validation_dataset)
+            test = self.evaluate(self.test_dataset)
             self.epoch += 1
-            for key, value in zip(HISTORY_KEYS, (train_loss, train_acc, val_loss, val_acc, test_loss, test_acc)):
+            values = (train_loss, train_acc, val.loss, val.accuracy, test.loss, test.accuracy, val.auc, test.auc, lr)
+            for key, value in zip(HISTORY_KEYS + EXTRA_HISTORY_KEYS, values):
                 record[key].append(value)
             if self.adversarial.enabled:
                 for key, value in zip(ADV_HISTORY_KEYS, self._last_adv_metrics):
                     record[key].append(None if math.isnan(value) else value)
             record["epoch_time_s"].append(round(time.perf_counter() - start, 2))
-            improved = record["best_val_acc"] is None or val_acc > record["best_val_acc"]
+            metric = {"acc": val.accuracy, "auc": val.auc, "loss": val.loss}[self.select_by]
+            improved = is_better(self.select_by, metric, record.get(f"best_val_{self.select_by}"))
+            threshold = equal_error_rate(val.labels, val.scores)[1] if val.auc is not None else None
             if improved:
-                record.update(best_epoch=self.epoch, best_val_acc=val_acc, test_acc_at_best_val=test_acc)
+                record.update(best_epoch=self.epoch, best_val_acc=val.accuracy, best_val_auc=val.auc, best_val_loss=val.loss,
+                              test_acc_at_best_val=test.accuracy, test_auc_at_best_val=test.auc, threshold=threshold)
+            auc_text = f" auc {val.auc:.4f}" if val.auc is not None else ""
             print(
                 f"epoch {self.epoch}/{epochs}: train loss {train_loss:.4f} acc {train_acc:.2f}% | "
-                f"val loss {val_loss:.4f} acc {val_acc:.2f}% | test loss {test_loss:.4f} acc {test_acc:.2f}%"
+                f"val loss {val.loss:.4f} acc {val.accuracy:.2f}%{auc_text} | test loss {test.loss:.4f} acc {test.accuracy:.2f}%"
                 + (" *best*" if improved else "")
             )
-            ckpt = self._checkpoint(lp, record)
             if improved:
-                atomic_torch_save(ckpt, paths["best"])
-            atomic_torch_save(ckpt, paths["last"])
+                save_checkpoint(self._checkpoint(lp, record, threshold), paths["best"])
+            save_checkpoint(self._checkpoint(lp, record, record["threshold"]), paths["last"])
             self.write_output(lp, record)
         return record

@@ -1,39 +1,51 @@
-"""Small helpers shared by the scripts: device, seeding, transforms, dataset loading, atomic writes, CLI errors."""
+"""Small helpers shared by the scripts: device, seeding, input normalisation, loaders, atomic writes, CLI errors and flags."""
 from __future__ import annotations
 
+import argparse
 import contextlib
+import errno
 import functools
 import json
+import math
 import os
 import random
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
-from torchvision import transforms
+from torch.utils.data import DataLoader, Dataset
 
 from common import (
     DATA_ROOT,
     DATASETS,
     DEFAULT_BATCH_SIZE,
     DEFAULT_SEED,
-    DEMO_MARKER,
     FIGURES_DIR,
-    IMAGE_SIZE,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     NORM_MEAN,
     NORM_STD,
-    SPLITS,
 )
 
 
 class UserError(Exception):
     """An error caused by the user's input (bad path, flag, file): printed as one line, without a traceback."""
+
+
+def one_line(err: BaseException) -> str:
+    """The user-facing sentence of an error; a DataLoader worker's re-raise carries the worker's whole traceback in its
+    message, whose last line is the original 'DatasetError: ...' sentence."""
+    text = str(err)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
 
 
 def cli_main(main: Callable[..., Any]) -> Callable[..., Any]:
@@ -44,7 +56,7 @@ def cli_main(main: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return main(argv)
         except UserError as err:
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {one_line(err)}", file=sys.stderr)
             raise SystemExit(2) from None
 
     return wrapper
@@ -79,96 +91,100 @@ def set_seed(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def get_transforms(train: bool, image_size: int = IMAGE_SIZE) -> transforms.Compose:
-    """The assignment's transforms: resize, (random flip when training), to tensor, normalise to [-1, 1]."""
-    steps: list[Any] = [transforms.Resize((image_size, image_size))]
-    if train:
-        steps.append(transforms.RandomHorizontalFlip())
-    steps += [transforms.ToTensor(), transforms.Normalize(NORM_MEAN, NORM_STD)]
-    return transforms.Compose(steps)
+@dataclass(frozen=True)
+class Normalization:
+    """A model's input normalisation: x_model = (x_pixels - mean) / std, per channel, pixels on the [0, 1] scale."""
+
+    mean: tuple[float, float, float] = NORM_MEAN
+    std: tuple[float, float, float] = NORM_STD
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> Normalization:
+        """From a checkpoint's entry; checkpoints written before models carried one used the assignment's 0.5."""
+        if not d:
+            return ASSIGNMENT_NORM
+        return cls(tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]))  # type: ignore[arg-type]
 
 
-def normalize(images: torch.Tensor, mean=NORM_MEAN, std=NORM_STD) -> torch.Tensor:
+ASSIGNMENT_NORM = Normalization(NORM_MEAN, NORM_STD)
+IMAGENET_NORM = Normalization(IMAGENET_MEAN, IMAGENET_STD)
+
+
+def model_normalization(model: nn.Module) -> Normalization:
+    """The normalisation a model expects (set by models.build_model and by checkpoint loading; 0.5 otherwise)."""
+    return getattr(model, "normalization", ASSIGNMENT_NORM)
+
+
+def _stats(images: torch.Tensor, norm: Normalization) -> tuple[torch.Tensor, torch.Tensor]:
+    m = torch.as_tensor(norm.mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(norm.std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return m, s
+
+
+def normalize(images: torch.Tensor, norm: Normalization = ASSIGNMENT_NORM) -> torch.Tensor:
     """Map [0, 1] pixels (B,3,H,W) to the model's input scale."""
-    m = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    m, s = _stats(images, norm)
     return (images - m) / s
 
 
-def denormalize(images: torch.Tensor, mean=NORM_MEAN, std=NORM_STD) -> torch.Tensor:
+def denormalize(images: torch.Tensor, norm: Normalization = ASSIGNMENT_NORM) -> torch.Tensor:
     """Inverse of normalize: model inputs (B,3,H,W) back to [0, 1] pixels."""
-    m = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    m, s = _stats(images, norm)
     return images * s + m
 
 
-def to_display(image: torch.Tensor) -> np.ndarray:
+def to_display(image: torch.Tensor, norm: Normalization = ASSIGNMENT_NORM) -> np.ndarray:
     """A normalised (3,H,W) model input as an (H,W,3) float32 array in [0,1], for imshow and CAM overlays."""
-    return denormalize(image[None])[0].clamp(0, 1).permute(1, 2, 0).detach().cpu().numpy().astype(np.float32)
+    return denormalize(image[None], norm)[0].clamp(0, 1).permute(1, 2, 0).detach().cpu().numpy().astype(np.float32)
 
 
-def dataset_dir(dataset_name: str, split: str, data_root: str | Path | None = None) -> Path:
-    """Path of <root>/<dataset>/<split>, with a clear error when the name or the folder is wrong."""
-    if dataset_name not in DATASETS:
-        raise UserError(f"unknown dataset {dataset_name!r}; choose one of {', '.join(DATASETS)}")
-    if split not in SPLITS:
-        raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    root = Path(data_root) if data_root is not None else DATA_ROOT
-    if not root.is_dir():
-        raise UserError(
-            f"data root {root} does not exist; pass --data-root DIR (or set FMD_DATA_ROOT), "
-            "or create demo data with: python tools/make_demo_dataset.py --out-dir data"
-        )
-    path = root / dataset_name / split
-    if not path.is_dir():
-        raise UserError(f"{path} does not exist; expected the layout <root>/{dataset_name}/{{train,val,test}}/{{real,fake}}/")
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a bad value is one clear sentence and exit 2, before any work)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (rejects nan and inf)."""
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of 0 or more, got {text}")
+    return value
+
+
+def writable_dir(path: str | Path, what: str) -> Path:
+    """Create `path` if needed and check a file can be written there, before hours of work depend on it."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path} is a file, not a folder; pass another folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".fmd-write-check-"):
+            pass
+    except OSError as err:
+        raise UserError(f"{what} {path} is not writable ({err.strerror or err}); pass a writable folder") from err
     return path
-
-
-def is_demo_data(data_root: str | Path | None = None) -> bool:
-    """True when the data root was written by tools/make_demo_dataset.py."""
-    root = Path(data_root) if data_root is not None else DATA_ROOT
-    return (root / DEMO_MARKER).is_file()
-
-
-def evenly_spaced_subset(dataset: Dataset, limit: int | None) -> Dataset:
-    """Keep at most `limit` samples, evenly spaced over the sorted listing so both classes stay in proportion."""
-    n = len(dataset)  # type: ignore[arg-type]
-    if limit is None or limit >= n:
-        return dataset
-    if limit < 1:
-        raise UserError(f"--limit must be a positive number of samples, got {limit}")
-    indices = np.unique(np.linspace(0, n - 1, limit).round().astype(int)).tolist()
-    return Subset(dataset, indices)
-
-
-def load_dataset(
-    dataset_name: str,
-    dataset_part: str,
-    data_root: str | Path | None = None,
-    image_size: int = IMAGE_SIZE,
-    limit: int | None = None,
-    augment: bool | None = None,
-) -> Dataset:
-    """Load one split of a dataset with the assignment's transforms (augmentation on the train split by default)."""
-    from faces_dataset import FacesDataset  # local import: faces_dataset imports utils
-
-    if augment is None:
-        augment = dataset_part == "train"
-    path = dataset_dir(dataset_name, dataset_part, data_root)
-    dataset = FacesDataset(path, transform=get_transforms(train=augment, image_size=image_size))
-    return evenly_spaced_subset(dataset, limit)
-
-
-def dataset_labels(dataset: Dataset) -> list[int]:
-    """Labels of a FacesDataset or a Subset of one, without loading any image."""
-    if isinstance(dataset, Subset):
-        parent = dataset_labels(dataset.dataset)
-        return [parent[i] for i in dataset.indices]
-    labels = getattr(dataset, "labels", None)
-    if labels is None:
-        raise TypeError(f"{type(dataset).__name__} does not expose .labels")
-    return list(labels)
 
 
 def default_num_workers() -> int:
@@ -183,17 +199,21 @@ def make_loader(
     device: torch.device,
     num_workers: int | None = None,
     generator: torch.Generator | None = None,
+    sampler: torch.utils.data.Sampler | None = None,
+    drop_last: bool = False,
 ) -> DataLoader:
     """A DataLoader with workers and pin_memory chosen for the device; `generator` makes the shuffle reproducible."""
     workers = default_num_workers() if num_workers is None else num_workers
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
         generator=generator,
+        drop_last=drop_last,
     )
 
 
@@ -203,15 +223,26 @@ def get_nof_params(model: nn.Module) -> int:
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Write through a temp file in the same folder and rename it over `path`: the old file survives any failure."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            raise UserError(f"no space left on device while writing {path}; the previous file is kept") from err
+        if isinstance(err, RuntimeError) and "No space left" in str(err):  # torch.save's own wording
+            raise UserError(f"no space left on device while writing {path}; the previous file is kept") from err
         raise
+
+
+def remove_stale_temp_files(folder: str | Path, name: str) -> None:
+    """Delete temp files a killed writer of `name` left behind in `folder` (see _atomic_write)."""
+    for stale in Path(folder).glob(f".{name}.*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
@@ -238,51 +269,11 @@ def read_json_list(path: str | Path) -> list[dict]:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise UserError(f"JSON log {path} is corrupt ({err.msg} at line {err.lineno}); delete it and train again") from err
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path} is not a JSON file (binary content); pass the out/<dataset>_<model>_<opt>.json log") from err
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
         raise UserError(f"JSON log {path} is not a list of run records")
     return data
-
-
-def weight_search_dirs() -> list[Path]:
-    """Folders searched for pretrained weights, in order: $FMD_WEIGHTS_DIR, then torch's hub cache."""
-    dirs = [Path(os.environ["FMD_WEIGHTS_DIR"])] if os.environ.get("FMD_WEIGHTS_DIR") else []
-    return dirs + [Path(torch.hub.get_dir()) / "checkpoints"]
-
-
-def resolve_pretrained_weights(
-    what: str, filenames: tuple[str, ...], url: str | None, explicit: str | Path | None = None
-) -> Path:
-    """Find a pretrained weight file: the explicit path, else the first known filename in weight_search_dirs().
-
-    When nothing is found and FMD_OFFLINE is not set, the usual download into torch's hub cache is tried (announced);
-    otherwise a UserError names the file, the folders searched and the fallback flag.
-    """
-    if explicit is not None:
-        path = Path(explicit)
-        if not path.is_file():
-            raise UserError(f"--weights {path} does not exist")
-        return path
-    dirs = weight_search_dirs()
-    for folder in dirs:
-        for name in filenames:
-            if (folder / name).is_file():
-                return folder / name
-    hub_dir = dirs[-1]
-    if url is not None and os.environ.get("FMD_OFFLINE", "0") in ("", "0"):
-        target = hub_dir / filenames[0]
-        print(f"downloading {what} ImageNet weights from {url} to {target} (set FMD_OFFLINE=1 to never download)")
-        try:
-            hub_dir.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(url, str(target), progress=True)
-            return target
-        except OSError as err:  # URLError, DNS failure, refused connection: we are offline
-            print(f"download failed: {err}", file=sys.stderr)
-    searched = ", ".join(str(d) for d in dirs)
-    source = f" (download: {url})" if url else ""
-    raise UserError(
-        f"pretrained {what} weights not found: put {filenames[0]}{source} in one of [{searched}] "
-        "or pass --weights PATH, or use --no-pretrained to start from random weights"
-    )
 
 
 def new_figure(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
@@ -308,17 +299,22 @@ def save_figure(fig: Any, path: str | Path) -> Path:
 
 
 def add_analysis_args(parser: Any, model_names: tuple[str, ...]) -> None:
-    """The flags every analysis script shares: the assignment's -m/-cpp/-d plus data, device, seed and output."""
-    parser.add_argument("-m", "--model", choices=model_names, required=True, help="model name")
+    """The flags every analysis script shares: the assignment's -m/-cpp/-d plus data, device, seed and output.
+
+    -m is optional: the checkpoint names its model, and a -m that contradicts it is an error.
+    """
+    parser.add_argument("-m", "--model", choices=model_names, help="model name (checked against the checkpoint)")
     parser.add_argument("-cpp", "--checkpoint_path", "--checkpoint", dest="checkpoint_path", type=Path, required=True,
                         help="checkpoint written by train_main.py, e.g. checkpoints/fakes_dataset_SimpleNet_Adam.pt")
     parser.add_argument("-d", "--dataset", choices=DATASETS, required=True, help="dataset name")
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT, help="folder holding the datasets (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed for sampling images (default: %(default)s)")
-    parser.add_argument("--limit", type=int, help="use at most this many test images")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="batch size (default: %(default)s)")
+    parser.add_argument("--limit", type=positive_int, help="use at most this many test images")
+    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="batch size (default: %(default)s)")
+    parser.add_argument("--num-workers", type=non_negative_int, help="DataLoader workers (default: half the CPU cores)")
     parser.add_argument("--figures-dir", type=Path, default=FIGURES_DIR, help="output folder (default: %(default)s)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def sample_batch(dataset: Dataset, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

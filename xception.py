@@ -1,8 +1,9 @@
 """Xception (Chollet, 2017, arXiv:1610.02357) written for this suite, keyed like the common ImageNet checkpoint.
 
 The state-dict keys (conv1, bn1, ..., block1..block12 with rep/skip/skipbn, conv3, bn3, conv4, bn4, fc) follow the
-`pretrainedmodels` ImageNet Xception, so its file `xception-43020ad28.pth` loads with strict=True. Older copies of that
-file store the pointwise convolutions as 2-D matrices; they are reshaped on load.
+`pretrainedmodels` ImageNet Xception, so its file `xception-43020ad28.pth` loads with strict=True. timm's
+`legacy_xception` weights (its GitHub release file, or model.safetensors from the Hugging Face cache) load too
+(pretrained.timm_xception_to_ours); older copies store the pointwise convolutions as 2-D matrices and are reshaped.
 
     python -c "from xception import build_xception_backbone; m = build_xception_backbone(pretrained=False)"
 """
@@ -14,10 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils import resolve_pretrained_weights
+from pretrained import huggingface_cache_files, read_state_dict, resolve_pretrained_weights, timm_xception_to_ours
+from utils import UserError
 
 XCEPTION_URL = "http://data.lip6.fr/cadene/pretrainedmodels/xception-43020ad28.pth"
-XCEPTION_FILES = ("xception-43020ad28.pth", "xception-b5690688.pth")
+# timm's copy of the same ImageNet weights, tried when the first source fails
+TIMM_XCEPTION_URL = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-cadene/xception-43020ad28.pth"
+TIMM_XCEPTION_HF_REPO = "timm/legacy_xception.tf_in1k"
+XCEPTION_FILES = ("xception-43020ad28.pth", "xception-b5690688.pth", "legacy_xception.safetensors")
 FEATURE_DIM = 2048
 
 
@@ -104,20 +109,22 @@ class Xception(nn.Module):
 
 
 def load_xception_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read an ImageNet Xception checkpoint, reshaping 2-D pointwise weights of older copies to 1x1 convs."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if "last_linear.weight" in state:  # saved from pretrainedmodels after its fc -> last_linear rename
-        state = {k.replace("last_linear.", "fc."): v for k, v in state.items()}
-    return {k: v[..., None, None] if "pointwise" in k and v.dim() == 2 else v for k, v in state.items()}
+    """Read an ImageNet Xception weight file (pretrainedmodels, timm .pth or .safetensors) in our key layout."""
+    return timm_xception_to_ours(read_state_dict(path, "Xception"))
 
 
 def build_xception_backbone(pretrained: bool = True, weights: str | Path | None = None) -> Xception:
     """The Xception backbone with its 1000-class `fc`, ImageNet-pretrained unless pretrained=False.
 
-    Weights come from `weights`, then $FMD_WEIGHTS_DIR, then torch's hub cache (see utils.resolve_pretrained_weights).
+    Weights come from `weights`, then $FMD_WEIGHTS_DIR, torch's hub cache, timm's Hugging Face cache, then a download
+    from lip6 and, when that fails, from timm's release (see pretrained.resolve_pretrained_weights).
     """
     model = Xception(num_classes=1000)
     if pretrained:
-        path = resolve_pretrained_weights("Xception", XCEPTION_FILES, XCEPTION_URL, weights)
-        model.load_state_dict(load_xception_state_dict(path), strict=True)
+        hf = huggingface_cache_files(TIMM_XCEPTION_HF_REPO, ("model.safetensors", "pytorch_model.bin"))
+        path = resolve_pretrained_weights("Xception", XCEPTION_FILES, (XCEPTION_URL, TIMM_XCEPTION_URL), weights, hf)
+        try:
+            model.load_state_dict(load_xception_state_dict(path), strict=True)
+        except RuntimeError as err:
+            raise UserError(f"{path} is not an ImageNet Xception state dict ({str(err).splitlines()[0]})") from err
     return model

@@ -6,8 +6,8 @@ import numpy as np
 from PIL import Image
 
 from common import DATASETS, DEMO_MARKER, SPLITS
+from faces_dataset import is_demo_data
 from make_demo_dataset import generate, main, split_counts
-from utils import is_demo_data
 
 
 def digest(root):

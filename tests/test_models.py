@@ -108,8 +108,10 @@ def test_xception_freeze_backbone_keeps_exit_flow_and_head():
 def test_cam_target_layers():
     simple = SimpleNet(image_size=64)
     assert cam_target_layer(simple) is simple.conv3
-    xcep = get_xception_based_model(pretrained=False)
+    xcep = build_model("XceptionBased", pretrained=False)
     assert cam_target_layer(xcep) is xcep.conv4
+    lite = build_model("EfficientNetLite0", pretrained=False)
+    assert cam_target_layer(lite) is lite.bn2
     bonus = BonusNet()
     assert cam_target_layer(bonus) is bonus.blocks[-1]
 

@@ -5,12 +5,11 @@ import json
 import pytest
 import torch
 
+from faces_dataset import dataset_labels, evenly_spaced_subset
 from utils import (
     UserError,
     atomic_write_json,
-    dataset_labels,
     denormalize,
-    evenly_spaced_subset,
     frozen_eval,
     get_device,
     normalize,

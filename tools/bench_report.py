@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import compare, random_batch_setup, timed  # noqa: E402
 from common import DATA_ROOT, DEFAULT_BATCH_SIZE, IMAGE_SIZE, OUT_DIR  # noqa: E402
-from utils import atomic_write_json, default_num_workers, get_device, get_nof_params, load_dataset, make_loader  # noqa: E402
+from faces_dataset import load_dataset  # noqa: E402
+from utils import atomic_write_json, default_num_workers, get_device, get_nof_params, make_loader  # noqa: E402
 
 
 def model_throughput(name: str, batch_size: int, image_size: int, steps: int, device: torch.device) -> dict:

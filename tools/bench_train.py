@@ -21,9 +21,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import DATA_ROOT, DEFAULT_BATCH_SIZE, IMAGE_SIZE  # noqa: E402
+from faces_dataset import load_dataset  # noqa: E402
 from models import MODEL_NAMES, build_model  # noqa: E402
 from trainer import Trainer  # noqa: E402
-from utils import get_device, load_dataset, make_loader, set_seed  # noqa: E402
+from utils import get_device, make_loader, set_seed  # noqa: E402
 
 
 def timed(fn: Callable[[], object]) -> float:

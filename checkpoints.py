@@ -1,0 +1,111 @@
+"""Checkpoints that cannot run code: tensors plus plain JSON-able metadata, read with torch.load(weights_only=True).
+
+A pickled checkpoint may hold any Python object, and unpickling one runs whatever code it names: a crafted `.pt`
+passed to an analysis script, `--init-from` or found as `_last.pt` by `--resume` would execute a payload. So every
+checkpoint this suite writes holds only tensors, dicts, lists, strings, numbers, booleans and None (the model and
+optimizer state dicts, RNG states as tensors, the run record), and every read refuses anything else with one sentence.
+
+Layout ("format": "fmd-checkpoint-v2"): model, optimizer, scaler, epoch, model_name, model_kwargs, normalization
+({"mean", "std"}), threshold ({"value", "source"}), rng, logging_parameters, record. Older checkpoints of this suite
+and the assignment's bare {"model": state_dict} (or a bare state dict) still load; without a normalization entry
+they are read as the assignment's mean = std = 0.5.
+"""
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from utils import ASSIGNMENT_NORM, Normalization, UserError, atomic_torch_save
+
+FORMAT = "fmd-checkpoint-v2"
+DEFAULT_THRESHOLD = 0.5
+
+
+def plain(obj: Any) -> Any:
+    """`obj` with every value reduced to what weights_only=True accepts: tensors, dicts, lists, tuples and the exact
+    types str/int/float/bool/None (subclasses such as numpy floats or torch.__version__ are converted)."""
+    if isinstance(obj, torch.Tensor) or obj is None:
+        return obj
+    if isinstance(obj, dict):
+        return {plain(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(plain(v) for v in obj) if type(obj) in (list, tuple) else [plain(v) for v in obj]
+    for kind in (bool, int, float, str):  # bool first: it is an int subclass
+        if isinstance(obj, kind):
+            return kind(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} cannot go into a checkpoint (only tensors and plain values load safely)")
+
+
+def save_checkpoint(ckpt: dict, path: str | Path) -> None:
+    """Write a checkpoint of plain values atomically (temp file, then rename); the old file survives a crash or a
+    full disk."""
+    atomic_torch_save(plain(ckpt), path)
+
+
+def read_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
+    """Read a checkpoint with weights_only=True; a missing, truncated, foreign or code-carrying file is a UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist; train it first with train_main.py (see README)")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Unsupported global" not in str(err):  # no object reference refused: a text file, garbage, a cut pickle
+            raise UserError(f"cannot read checkpoint {path} ({str(err).splitlines()[0]}); "
+                            "the file is truncated or not a torch checkpoint") from err
+        raise UserError(
+            f"checkpoint {path} holds Python objects besides tensors and plain values, so it is not loaded (unpickling "
+            "such a file can run code); use a checkpoint written by train_main.py or a bare state dict"
+        ) from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError) as err:
+        raise UserError(f"cannot read checkpoint {path} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                        "the file is truncated or not a torch checkpoint") from err
+    if isinstance(ckpt, dict) and "model" not in ckpt and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        ckpt = {"model": ckpt}  # a bare state dict
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise UserError(f"checkpoint {path} holds no model state (expected a dict with a 'model' state dict)")
+    return ckpt
+
+
+def checkpoint_model_name(ckpt: dict, path: str | Path, expected: str | None) -> str:
+    """The model a checkpoint holds; a contradicting `expected` (the user's -m) is an error, not a silent relabel."""
+    name = ckpt.get("model_name", expected)
+    if name is None:
+        raise UserError(f"checkpoint {path} does not say which model it holds; pass -m MODEL")
+    if expected is not None and name != expected:
+        raise UserError(f"checkpoint {path} holds a {name} model, not {expected}; pass -m {name} or another checkpoint")
+    return name
+
+
+def checkpoint_normalization(ckpt: dict) -> Normalization:
+    """The input normalisation saved with the model (the assignment's 0.5 for older checkpoints)."""
+    return Normalization.from_dict(ckpt.get("normalization")) if ckpt.get("normalization") else ASSIGNMENT_NORM
+
+
+def checkpoint_threshold(ckpt: dict) -> tuple[float, str]:
+    """(threshold on P(fake), where it came from): the validation EER threshold saved at the best epoch, else 0.5."""
+    entry = ckpt.get("threshold")
+    if isinstance(entry, dict) and entry.get("value") is not None:
+        return float(entry["value"]), str(entry.get("source", "checkpoint"))
+    return DEFAULT_THRESHOLD, "default 0.5 (the checkpoint stores no validation threshold)"
+
+
+def load_weights(model: nn.Module, ckpt: dict, path: str | Path, name: str) -> nn.Module:
+    """Load the checkpoint's weights (strict) and normalisation into `model`."""
+    try:
+        model.load_state_dict(ckpt["model"], strict=True)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise UserError(f"checkpoint {path} does not fit the {name} architecture ({first}); pass the matching -m") from err
+    model.normalization = checkpoint_normalization(ckpt)
+    return model
