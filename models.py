@@ -35,6 +35,7 @@ from utils import (
 from xception import FEATURE_DIM, build_xception_backbone
 
 RESNET50_FILES = ("resnet50-11ad3fa6.pth", "resnet50-0676ba61.pth")
+SIMPLENET_MIN_SIZE = 50  # three (7x7 conv, 2x2 pool) blocks: 50 -> 22 -> 8 -> 1
 
 
 class SimpleNet(nn.Module):
@@ -54,7 +55,7 @@ class SimpleNet(nn.Module):
         for _ in range(3):
             side = (side - 6) // 2
         if side < 1:
-            raise ValueError(f"SimpleNet needs images of at least 46 pixels, got {image_size}")
+            raise ValueError(f"SimpleNet needs images of at least {SIMPLENET_MIN_SIZE} pixels, got {image_size}")
         self.flat_features = 24 * side * side
         self.fc1 = nn.Linear(self.flat_features, 1024)
         self.fc2 = nn.Linear(1024, 256)

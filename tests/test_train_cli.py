@@ -46,7 +46,7 @@ def test_train_writes_log_and_checkpoint_and_is_reproducible(demo_root, tmp_path
         (["--num-workers", "-1"], "argument --num-workers: must be 0 or more, got -1"),
         (["-b", "0"], "argument -b/--batch_size/--batch-size: must be a positive integer, got 0"),
         (["--adv", "pgd", "--steps", "0"], "argument --steps: must be a positive integer, got 0"),
-        (["--image-size", "30", "--limit", "4"], "SimpleNet cannot be built as asked: SimpleNet needs images of at least 46"),
+        (["--image-size", "30", "--limit", "4"], "SimpleNet cannot be built as asked: SimpleNet needs images of at least 50 pixels, got 30"),
         (["-m", "Bonus", "-b", "1", "--limit", "4"], "-b 1 cannot train Bonus: its BatchNorm layers need at least 2"),
         (["--data-root", "/nonexistent/root", "-e", "1"], "error: data root /nonexistent/root does not exist"),
         (["-m", "XceptionBased", "--limit", "4", "-e", "1"], "pretrained Xception weights not found"),
