@@ -12,7 +12,8 @@ from sklearn.metrics import roc_auc_score
 
 from common import BONUS_CHECKPOINT, DATA_ROOT
 from faces_dataset import load_dataset
-from models import checkpoint_image_size, load_model_from_checkpoint
+from bonus_model import load_bonus
+from models import checkpoint_image_size
 from numerical_analysis import get_soft_scores_and_true_labels
 from utils import cli_main, get_device, get_nof_params, model_normalization, positive_int
 
@@ -32,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device = get_device(args.device)
-    model, ckpt = load_model_from_checkpoint(args.checkpoint, device, expected_model="Bonus")  # = my_bonus_model()
+    model, ckpt = load_bonus(args.checkpoint, device)  # what my_bonus_model() returns, with its checkpoint
     image_size = args.image_size or checkpoint_image_size(ckpt)
     test_dataset = load_dataset("fakes_dataset", "test", args.data_root, image_size, args.limit, model_normalization(model))
     _, fake_scores, labels = get_soft_scores_and_true_labels(test_dataset, model, device=device, progress=not args.no_progress)

@@ -49,10 +49,18 @@ class BonusNet(nn.Module):
         return self.head(self.blocks(self.stem(x)))
 
 
-def my_bonus_model(checkpoint: str | Path = BONUS_CHECKPOINT, device: torch.device | str = "cpu") -> nn.Module:
-    """The trained bonus model from checkpoints/bonus.pt, in eval mode (the assignment's entry point)."""
+BONUS_ADVICE = "pass the checkpoint of a Bonus run (python train_main.py -d fakes_dataset -m Bonus publishes checkpoints/bonus.pt)"
+
+
+def load_bonus(checkpoint: str | Path = BONUS_CHECKPOINT, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    """(the trained bonus model in eval mode, its checkpoint dict), refusing a checkpoint of another model."""
     ckpt = read_checkpoint(checkpoint, device)
-    checkpoint_model_name(ckpt, checkpoint, "Bonus")
+    checkpoint_model_name(ckpt, checkpoint, "Bonus", BONUS_ADVICE)
     model = load_weights(BonusNet(), ckpt, checkpoint, "Bonus")
     model.model_name = "Bonus"
-    return model.to(device).eval()
+    return model.to(device).eval(), ckpt
+
+
+def my_bonus_model(checkpoint: str | Path = BONUS_CHECKPOINT, device: torch.device | str = "cpu") -> nn.Module:
+    """The trained bonus model from checkpoints/bonus.pt, in eval mode (the assignment's entry point)."""
+    return load_bonus(checkpoint, device)[0]

@@ -13,7 +13,6 @@ they are read as the assignment's mean = std = 0.5.
 from __future__ import annotations
 
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils import ASSIGNMENT_NORM, Normalization, UserError, atomic_torch_save
+from utils import ASSIGNMENT_NORM, Normalization, UserError, atomic_torch_save, resolve_input_path
 
 FORMAT = "fmd-checkpoint-v2"
 DEFAULT_THRESHOLD = 0.5
@@ -54,20 +53,20 @@ def save_checkpoint(ckpt: dict, path: str | Path) -> None:
 
 def read_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
     """Read a checkpoint with weights_only=True; a missing, truncated, foreign or code-carrying file is a UserError."""
-    path = Path(path)
+    path = resolve_input_path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; train it first with train_main.py (see README)")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as err:
-        if "Unsupported global" not in str(err):  # no object reference refused: a text file, garbage, a cut pickle
+        if "global" not in str(err).lower():  # no object reference refused: a text file, garbage, a cut pickle
             raise UserError(f"cannot read checkpoint {path} ({str(err).splitlines()[0]}); "
                             "the file is truncated or not a torch checkpoint") from err
         raise UserError(
             f"checkpoint {path} holds Python objects besides tensors and plain values, so it is not loaded (unpickling "
             "such a file can run code); use a checkpoint written by train_main.py or a bare state dict"
         ) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError) as err:
+    except Exception as err:  # torch raises RuntimeError, EOFError, KeyError, BadZipFile, ... for a cut or foreign file
         raise UserError(f"cannot read checkpoint {path} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
                         "the file is truncated or not a torch checkpoint") from err
     if isinstance(ckpt, dict) and "model" not in ckpt and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
@@ -77,13 +76,17 @@ def read_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
     return ckpt
 
 
-def checkpoint_model_name(ckpt: dict, path: str | Path, expected: str | None) -> str:
-    """The model a checkpoint holds; a contradicting `expected` (the user's -m) is an error, not a silent relabel."""
+def checkpoint_model_name(ckpt: dict, path: str | Path, expected: str | None, advice: str | None = None) -> str:
+    """The model a checkpoint holds; a contradicting `expected` (the user's -m) is an error, not a silent relabel.
+
+    `advice` replaces the default "pass -m ..." hint for scripts that have no -m.
+    """
     name = ckpt.get("model_name", expected)
     if name is None:
         raise UserError(f"checkpoint {path} does not say which model it holds; pass -m MODEL")
     if expected is not None and name != expected:
-        raise UserError(f"checkpoint {path} holds a {name} model, not {expected}; pass -m {name} or another checkpoint")
+        hint = advice or f"pass -m {name} or another checkpoint"
+        raise UserError(f"checkpoint {path} holds a {name} model, not {expected}; {hint}")
     return name
 
 

@@ -31,6 +31,7 @@ from common import (
     IMAGENET_STD,
     NORM_MEAN,
     NORM_STD,
+    WORK_DIR,
 )
 
 
@@ -260,9 +261,18 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     _atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
 
 
+def resolve_input_path(path: str | Path) -> Path:
+    """A relative input path as given, or else under $FMD_WORK_DIR, where the suite writes out/ and checkpoints/
+    (so the assignment's `-j out/...` and `-cpp checkpoints/...` work from the repo with a work dir set)."""
+    path = Path(path)
+    if path.exists() or path.is_absolute() or not (WORK_DIR / path).exists():
+        return path
+    return WORK_DIR / path
+
+
 def read_json_list(path: str | Path) -> list[dict]:
     """Read a JSON log (a list of run records), with a clear error when it is missing or corrupt."""
-    path = Path(path)
+    path = resolve_input_path(path)
     if not path.is_file():
         raise UserError(f"JSON log {path} does not exist; train first (train_main.py writes out/<dataset>_<model>_<opt>.json)")
     try:

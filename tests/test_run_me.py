@@ -21,6 +21,10 @@ EXPECTED_FIGURES = ["datasets_samples.png"] + [
     "fakes_dataset_SimpleNet_robustness_curves.png", "fakes_dataset_SimpleNet_adversarial_examples.png",
     "fakes_dataset_SimpleNet_advpgd_robustness_curves.png", "fakes_dataset_SimpleNet_advpgd_adversarial_examples.png",
     "fakes_dataset_Bonus_robustness_curves.png", "fakes_dataset_Bonus_advpgd_robustness_curves.png",
+] + [
+    f"{d}_EfficientNetLite0_{kind}.png" for d in ("synthetic_dataset", "fakes_dataset")
+    for kind in ("losses_plot", "accuracies_plot", "roc_curve", "det_curve", "saliency_maps_and_images_pairs",
+                 "Real_Image_grad_cam", "Fake_Image_grad_cam")
 ]
 
 
@@ -39,8 +43,22 @@ def test_run_me_quick_end_to_end(tmp_path):
     summary = (work / "out" / "summary.md").read_text()
     for row in ("| SimpleNet | fakes_dataset |", "| SimpleNet | synthetic_dataset |",
                 "| XceptionBased (random init) | synthetic_dataset |", "| Bonus | fakes_dataset |",
-                "| SimpleNet (advpgd) | fakes_dataset |", "| Bonus (advpgd) | fakes_dataset |", "| **total** |"):
+                "| SimpleNet (advpgd) | fakes_dataset |", "| Bonus (advpgd) | fakes_dataset |", "| **total** |",
+                "| EfficientNetLite0 | synthetic_dataset |", "| EfficientNetLite0 | fakes_dataset |"):
         assert row in summary
+    # values, not only rows: every training row has accuracies in [0, 100], the AUC column is filled where an
+    # analysis ran, and the step times add up to the total
+    rows = [line.split("|")[1:-1] for line in summary.splitlines() if line.startswith("| ") and "fakes_dataset" in line
+            and "/255" not in line and "L2" not in line and "PGD" not in line and "FGSM" not in line]
+    assert rows
+    for cells in rows:
+        if len(cells) == 8:  # the training table
+            assert 0 <= float(cells[3]) <= 100 and 0 <= float(cells[4]) <= 100
+    auc = [line for line in summary.splitlines() if line.startswith("| SimpleNet | fakes_dataset |")][0].split("|")[6]
+    assert 0 <= float(auc) <= 1
+    times = (work / "out" / "run_me_times.tsv").read_text().splitlines()
+    total = int(summary.split("| **total** | **")[1].split("**")[0])
+    assert total == sum(int(t.split("\t")[1]) for t in times)
     assert (work / "checkpoints" / "bonus.pt").is_file()
     assert "Bonus model: test AUC" in proc.stdout
     assert "run_me.sh: done" in proc.stdout

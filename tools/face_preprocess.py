@@ -31,7 +31,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import CLASS_NAMES, DATASETS, DEFAULT_SEED, IMAGE_EXTENSIONS  # noqa: E402
 from faces_dataset import CATALOG_COLUMNS  # noqa: E402
-from utils import UserError, cli_main, get_device  # noqa: E402
+from utils import UserError, cli_main, get_device, positive_float, positive_int, writable_dir  # noqa: E402
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 REAL_NAMES = {"real", "original", "original_sequences", "pristine", "youtube", "actors", "0_real"}
@@ -168,7 +168,10 @@ def process_source(args, cropper: FaceCropper, path: Path, relative: Path, frame
     label = label_from_path(relative) if args.label_from == "folder" else None
     split = split_of(relative.as_posix(), tuple(args.split), args.seed)
     folder = crop_folder(args, label, split)
-    (args.out_dir / folder).mkdir(parents=True, exist_ok=True)
+    try:
+        (args.out_dir / folder).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot create {args.out_dir / folder} ({err.strerror or err}); pick another --out-dir") from err
     stem = "_".join(relative.with_suffix("").parts)
     rows = []
     batch: list[tuple[int, float, Image.Image]] = []
@@ -181,7 +184,7 @@ def process_source(args, cropper: FaceCropper, path: Path, relative: Path, frame
             x1, y1, x2, y2 = square_box(box, args.margin, *image.size)
             crop = image.crop((x1, y1, x2, y2)).resize((args.size, args.size), Image.LANCZOS)
             name = folder / f"{stem}_f{index:06d}.png"
-            crop.save(args.out_dir / name)
+            save_output(crop, args.out_dir / name)
             rows.append({"path": name.as_posix(), "source": relative.as_posix(), "frame_index": index,
                          "timestamp": round(ts, 3), "x1": x1, "y1": y1, "x2": x2, "y2": y2, "prob": round(prob, 4),
                          "label": "" if label is None else label, "split": split})
@@ -196,6 +199,19 @@ def process_source(args, cropper: FaceCropper, path: Path, relative: Path, frame
     return rows
 
 
+class OutputError(UserError):
+    """Writing into --out-dir failed: not a bad source, so the run stops instead of skipping every source."""
+
+
+def save_output(image: Image.Image, path: Path) -> None:
+    """Save a crop; a full or read-only output folder stops the run with one sentence (OutputError)."""
+    try:
+        image.save(path)
+    except OSError as err:
+        path.unlink(missing_ok=True)  # no half-written crop
+        raise OutputError(f"cannot write {path} ({err.strerror or err}); free space or pick another --out-dir") from err
+
+
 def list_sources(root: Path, extensions: tuple[str, ...]) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
 
@@ -206,12 +222,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     src.add_argument("--video-dir", type=Path, help="folder of videos (searched recursively)")
     src.add_argument("--image-dir", type=Path, help="folder of photos (searched recursively)")
     p.add_argument("--out-dir", type=Path, required=True, help="where crops and catalog.csv go")
-    p.add_argument("--fps", type=float, default=1.0, help="frames sampled per second of video (default: %(default)s)")
-    p.add_argument("--max-frames", type=int, default=32, help="at most this many frames per video (default: %(default)s)")
-    p.add_argument("--size", type=int, default=256, help="side of the saved square crops (default: %(default)s)")
+    p.add_argument("--fps", type=positive_float, default=1.0, help="frames sampled per second of video (default: %(default)s)")
+    p.add_argument("--max-frames", type=positive_int, default=32, help="at most this many frames per video (default: %(default)s)")
+    p.add_argument("--size", type=positive_int, default=256, help="side of the saved square crops (default: %(default)s)")
     p.add_argument("--margin", type=float, default=0.3, help="box growth per side, share of its size (default: %(default)s)")
     p.add_argument("--min-prob", type=float, default=0.95, help="minimum MTCNN face probability (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=16, help="frames per MTCNN batch (default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="frames per MTCNN batch (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     p.add_argument("--label-from", choices=("folder", "none"), default="folder", help="label source (default: folder)")
     p.add_argument("--layout", choices=("flat", "assignment"), default="flat", help="output layout (default: flat)")
@@ -220,6 +236,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="split fractions by source (default: 0.7 0.15 0.15)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the split assignment (default: %(default)s)")
     p.add_argument("--extractor", choices=("auto", "ffmpeg", "opencv"), default="auto", help="frame reader (default: auto)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     if args.layout == "assignment" and args.label_from != "folder":
         p.error("--layout assignment needs labels: use --label-from folder")
@@ -243,7 +260,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         extractor = "ffmpeg" if shutil.which("ffmpeg") else "opencv"
     if videos:
         print(f"reading frames with {extractor}" + (" (ffmpeg not on PATH)" if extractor == "opencv" else ""))
-    args.out_dir.mkdir(parents=True, exist_ok=True)
+    writable_dir(args.out_dir, "--out-dir")  # before any video is decoded
     catalog = args.out_dir / "catalog.csv"
     rows, done = read_catalog(catalog)
     todo = [s for s in sources if s.relative_to(root).as_posix() not in done]
@@ -252,7 +269,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cropper = FaceCropper(args.device, args.min_prob)
     read = frames_ffmpeg if extractor == "ffmpeg" else frames_opencv
     skipped = []
-    for path in tqdm(todo, desc="sources", unit="file"):
+    for path in tqdm(todo, desc="sources", unit="file", disable=args.no_progress):
         relative = path.relative_to(root)
         if args.label_from == "folder" and label_from_path(relative) is None:
             tqdm.write(f"warning: no real/fake folder in {relative}; its crops get no label")
@@ -263,15 +280,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 with Image.open(path) as img:
                     frames = iter([(0, 0.0, img.convert("RGB"))])
             new_rows = process_source(args, cropper, path, relative, frames)
+        except OutputError:
+            raise
         except (OSError, SyntaxError, ValueError) as err:
             tqdm.write(f"skipping {path}: {err}")
             skipped.append(str(path))
             continue
         if not new_rows:
             tqdm.write(f"no face above probability {args.min_prob} in {relative}")
-        append_rows(catalog, new_rows)
+        try:
+            append_rows(catalog, new_rows)
+        except OSError as err:
+            raise OutputError(f"cannot write {catalog} ({err.strerror or err}); free space or pick another --out-dir") from err
         rows += new_rows
     print(f"{len(rows)} face crops from {len(sources) - len(skipped)} sources in {catalog}; {len(skipped)} skipped")
+    if todo and len(skipped) == len(todo):
+        raise UserError(f"none of the {len(todo)} sources could be read (see the messages above); nothing was written")
     return rows
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import FIGURES_DIR, OUT_DIR  # noqa: E402
+from models import PRETRAINED_MODELS  # noqa: E402
 
 
 def _fmt(value, spec: str = ".2f") -> str:
@@ -47,7 +48,7 @@ def training_rows(out_dir: Path, figures_dir: Path) -> list[dict]:
             "model": r["model"] + (f" ({tag})" if tag else ""), "dataset": r["dataset"], "epochs": len(r["val_acc"]),
             "best_val_acc": r.get("best_val_acc"), "test_acc": r.get("test_acc_at_best_val"), "auc": auc,
             "params": config.get("n_params"), "pretrained": not config.get("no_pretrained", False)
-            if r["model"] in ("XceptionBased", "ResNet50") else None, "train_s": sum(r.get("epoch_time_s", [])),
+            if r["model"] in PRETRAINED_MODELS else None, "train_s": sum(r.get("epoch_time_s", [])),
         })
     return rows
 
