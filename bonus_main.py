@@ -10,9 +10,9 @@ from pathlib import Path
 
 from sklearn.metrics import roc_auc_score
 
+from bonus_model import load_bonus
 from common import BONUS_CHECKPOINT, DATA_ROOT
 from faces_dataset import load_dataset
-from bonus_model import load_bonus
 from models import checkpoint_image_size
 from numerical_analysis import get_soft_scores_and_true_labels
 from utils import cli_main, get_device, get_nof_params, model_normalization, positive_int

@@ -162,3 +162,47 @@ def test_every_cam_method_name_maps_to_a_class_and_runs():
     for method in ("gradcam++", "xgradcam", "hirescam", "layercam", "eigencam"):
         cam = compute_cams(BlobNet(), x, torch.tensor([1]), method)
         assert cam.shape == (1, 16, 16) and np.isfinite(cam).all()
+
+
+def test_robustness_scores_with_p_fake_and_writes_its_results(trained, demo_root, tmp_path):
+    import robustness_analysis
+    from robustness_analysis import evaluate_under_attack
+
+    class Knows(nn.Module):  # P(fake) high exactly for the bright class of the toy set below
+        def forward(self, x):
+            bright = (x.mean(dim=(1, 2, 3)) > 0).float()
+            return torch.stack([3 * (1 - bright), 3 * bright], dim=1)
+
+    x = torch.cat([torch.full((4, 3, 8, 8), -0.6), torch.full((4, 3, 8, 8), 0.6)])
+    data = torch.utils.data.TensorDataset(x, torch.tensor([0] * 4 + [1] * 4))
+    clean = evaluate_under_attack(Knows(), data, "pgd", 0.0, 1, None, 4, torch.device("cpu"), 0, False, 0)
+    assert clean == {"accuracy": 100.0, "auc": 1.0, "fake_evasion_rate": 0.0}
+    result = robustness_analysis.main(common_args(trained, demo_root, tmp_path) + [
+        "--epsilons", "0", "8", "--steps", "2", "--cw-samples", "2", "--cw-steps", "3", "--cw-search", "1",
+        "--n-examples", "2", "--no-progress", "--num-workers", "0"])
+    rows = result["attacks"]["pgd"]
+    assert [r["eps_255"] for r in rows] == [0, 8] and rows[1]["accuracy"] <= rows[0]["accuracy"]
+    metrics = json.loads((tmp_path / "fakes_dataset_SimpleNet_metrics.json").read_text()) if (
+        tmp_path / "fakes_dataset_SimpleNet_metrics.json").exists() else None
+    assert metrics is None or metrics["auc"] == pytest.approx(rows[0]["auc"])
+    saved = json.loads((tmp_path / "fakes_dataset_SimpleNet_robustness.json").read_text())[0]
+    assert saved["attacks"]["pgd"] == rows and saved["cw"]["n_images"] == 2
+
+
+def test_bonus_main_reports_the_test_auc_and_size(demo_root, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    import bonus_main
+    from bonus_model import my_bonus_model
+    from faces_dataset import load_dataset
+
+    train_main.main(["-d", "fakes_dataset", "-m", "Bonus", "-e", "1", "-b", "8", "--image-size", "64", "--data-root",
+                     str(demo_root), "--out-dir", str(tmp_path), "--checkpoint-dir", str(tmp_path), "--no-progress",
+                     "--num-workers", "0"])
+    result = bonus_main.main(["--checkpoint", str(tmp_path / "bonus.pt"), "--data-root", str(demo_root), "--no-progress"])
+    model = my_bonus_model(tmp_path / "bonus.pt")
+    test = load_dataset("fakes_dataset", "test", demo_root, 64)
+    with torch.no_grad():
+        scores = torch.cat([torch.softmax(model(x[None]), 1)[:, 1] for x, _ in test]).numpy()
+    assert result["auc"] == pytest.approx(roc_auc_score([y for _, y in test], scores))
+    assert result["n_params"] == 27_826
