@@ -104,11 +104,12 @@ def checkpoint_threshold(ckpt: dict) -> tuple[float, str]:
 
 
 def load_weights(model: nn.Module, ckpt: dict, path: str | Path, name: str) -> nn.Module:
-    """Load the checkpoint's weights (strict) and normalisation into `model`."""
+    """Load the checkpoint's weights (strict), normalisation and decision threshold (value, source) into `model`."""
     try:
         model.load_state_dict(ckpt["model"], strict=True)
     except RuntimeError as err:
         first = str(err).splitlines()[0]
         raise UserError(f"checkpoint {path} does not fit the {name} architecture ({first}); pass the matching -m") from err
     model.normalization = checkpoint_normalization(ckpt)
+    model.decision_threshold = checkpoint_threshold(ckpt)
     return model

@@ -45,4 +45,44 @@ def compute_metrics(labels: np.ndarray, fake_scores: np.ndarray, threshold: floa
         "balanced_accuracy": float(metrics.balanced_accuracy_score(labels, predictions)),
         "threshold": threshold,
         "confusion_matrix": {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)},
+        "ece": expected_calibration_error(labels, fake_scores),
+        "brier": brier_score(labels, fake_scores),
     }
+
+
+def bootstrap_intervals(
+    labels: np.ndarray, fake_scores: np.ndarray, n_resamples: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict[str, list[float]]:
+    """Percentile bootstrap confidence intervals of AUC and EER: resample the test images with replacement (seeded).
+
+    Resamples that miss a class are redrawn. Tells whether two models differ by more than the test split's noise.
+    """
+    labels, fake_scores = np.asarray(labels), np.asarray(fake_scores)
+    rng = np.random.default_rng(seed)
+    aucs, eers = [], []
+    while len(aucs) < n_resamples:
+        idx = rng.integers(0, len(labels), len(labels))
+        y = labels[idx]
+        if y.min() == y.max():
+            continue
+        aucs.append(metrics.roc_auc_score(y, fake_scores[idx]))
+        eers.append(equal_error_rate(y, fake_scores[idx])[0])
+    tail = 100 * (1 - level) / 2
+    return {name: [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))]
+            for name, v in (("auc", aucs), ("eer", eers))}
+
+
+def expected_calibration_error(labels: np.ndarray, fake_scores: np.ndarray, n_bins: int = 15) -> float:
+    """ECE of P(fake): the sample-weighted mean |share of fakes - mean score| over equal-width score bins."""
+    labels, fake_scores = np.asarray(labels, dtype=float), np.asarray(fake_scores, dtype=float)
+    bins = np.minimum((fake_scores * n_bins).astype(int), n_bins - 1)
+    ece = 0.0
+    for b in np.unique(bins):
+        members = bins == b
+        ece += members.mean() * abs(labels[members].mean() - fake_scores[members].mean())
+    return float(ece)
+
+
+def brier_score(labels: np.ndarray, fake_scores: np.ndarray) -> float:
+    """Mean squared error between P(fake) and the label."""
+    return float(metrics.brier_score_loss(labels, fake_scores))

@@ -19,9 +19,19 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from metrics import compute_metrics, equal_error_rate
+from metrics import bootstrap_intervals, compute_metrics, equal_error_rate
 from models import MODEL_NAMES, load_analysis_inputs
-from utils import UserError, add_analysis_args, atomic_write_json, cli_main, make_loader, new_figure, save_figure, writable_dir
+from utils import (
+    UserError,
+    add_analysis_args,
+    atomic_write_json,
+    cli_main,
+    make_loader,
+    new_figure,
+    positive_int,
+    save_figure,
+    writable_dir,
+)
 
 SCORE_GROUPS = {"A: real score (output 0)": 0, "B: fake score (output 1)": 1}
 
@@ -65,6 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_analysis_args(p, MODEL_NAMES)
     p.add_argument("--threshold", type=float, default=0.5, help="fake-score threshold for accuracy (default: %(default)s)")
+    p.add_argument("--bootstrap", type=positive_int, default=1000, help="bootstrap resamples for the 95%% intervals "
+                   "of AUC and EER (default: %(default)s)")
     return p.parse_args(argv)
 
 
@@ -79,6 +91,13 @@ def main(argv: list[str] | None = None) -> dict:
         raise UserError("the test set holds only one class; ROC/DET need real and fake images")
     result = compute_metrics(labels, fake_scores, args.threshold)
     result["auc_group_a_real_score"] = float(metrics.roc_auc_score(labels, real_scores))
+    # the test split's class ratio may differ from training's: also report accuracy at the threshold chosen on the
+    # validation split (the EER threshold the checkpoint stores), and bootstrap intervals of AUC and EER
+    value, source = model.decision_threshold
+    at_val = compute_metrics(labels, fake_scores, value)
+    result.update(val_threshold=value, val_threshold_source=source, accuracy_at_val_threshold=at_val["accuracy"],
+                  balanced_accuracy_at_val_threshold=at_val["balanced_accuracy"],
+                  ci95=bootstrap_intervals(labels, fake_scores, args.bootstrap, args.seed))
     result.update(model=args.model, dataset=args.dataset, checkpoint=str(args.checkpoint_path))
     prefix = f"{args.dataset}_{args.model}"
     plot_roc_and_det(
@@ -86,7 +105,11 @@ def main(argv: list[str] | None = None) -> dict:
         args.figures_dir / f"{prefix}_roc_curve.png", args.figures_dir / f"{prefix}_det_curve.png",
     )
     atomic_write_json(args.figures_dir / f"{prefix}_metrics.json", result)
-    print(f"AUC (group B, fake score): {result['auc']:.4f}   AUC (group A, real score): {result['auc_group_a_real_score']:.4f}")
+    ci = result["ci95"]
+    print(f"AUC (group B, fake score): {result['auc']:.4f} (95% CI {ci['auc'][0]:.3f}-{ci['auc'][1]:.3f})   "
+          f"AUC (group A, real score): {result['auc_group_a_real_score']:.4f}")
+    print(f"accuracy {100 * result['accuracy']:.2f}% at {args.threshold}, {100 * result['accuracy_at_val_threshold']:.2f}% "
+          f"at {value:.3f} ({source})")
     print(json.dumps({k: v for k, v in result.items() if k not in ("model", "dataset", "checkpoint")}, indent=2))
     return result
 

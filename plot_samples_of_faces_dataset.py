@@ -35,21 +35,25 @@ def pick_indices(labels: list[int], label: int, n: int) -> list[int]:
     return [idx[int(round(k))] for k in np.linspace(0, len(idx) - 1, n)]
 
 
+def grid_rows(datasets: dict[str, FacesDataset], n: int) -> list[tuple[str, int, list[int]]]:
+    """The figure's rows: for each dataset its reals then its fakes, as (dataset name, label, sample indices)."""
+    return [(name, label, pick_indices(ds.labels, label, n)) for name, ds in datasets.items() for label in (0, 1)]
+
+
 @cli_main
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     writable_dir(args.figures_dir, "--figures-dir")
-    datasets = [FacesDataset(dataset_dir(name, args.split, args.data_root)) for name in DATASETS]
-    fig, axes = new_figure(2 * len(DATASETS), args.n, figsize=(2.2 * args.n, 2.4 * 2 * len(DATASETS)), squeeze=False)
-    for d, (name, ds) in enumerate(zip(DATASETS, datasets)):
-        for label, cls in enumerate(CLASS_NAMES):
-            row = axes[2 * d + label]
-            for ax in row:
-                ax.axis("off")
-            for ax, i in zip(row, pick_indices(ds.labels, label, args.n)):
-                image, _ = ds[i]
-                ax.imshow(image)
-                ax.set_title(f"{name}\n{cls}", fontsize=8)
+    datasets = {name: FacesDataset(dataset_dir(name, args.split, args.data_root)) for name in DATASETS}
+    rows = grid_rows(datasets, args.n)
+    fig, axes = new_figure(len(rows), args.n, figsize=(2.2 * args.n, 2.4 * len(rows)), squeeze=False)
+    for row_axes, (name, label, indices) in zip(axes, rows):
+        for ax in row_axes:
+            ax.axis("off")
+        for ax, i in zip(row_axes, indices):
+            image, _ = datasets[name][i]
+            ax.imshow(image)
+            ax.set_title(f"{name}\n{CLASS_NAMES[label]}", fontsize=8)
     fig.suptitle(f"Samples of both datasets ({args.split} split; label 0 = real, 1 = fake)")
     return save_figure(fig, args.figures_dir / "datasets_samples.png")
 

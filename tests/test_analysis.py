@@ -128,6 +128,11 @@ def test_scripts_write_their_figures(trained, demo_root, tmp_path):
     result = numerical_analysis.main(args)
     assert 0 <= result["auc"] <= 1 and result["n_samples"] == 8
     assert result["auc_group_a_real_score"] == pytest.approx(1 - result["auc"])
+    assert result["ci95"]["auc"][0] <= result["auc"] <= result["ci95"]["auc"][1]
+    from checkpoints import read_checkpoint
+
+    saved = read_checkpoint(trained)["threshold"]
+    assert result["val_threshold"] == pytest.approx(saved["value"]) and result["val_threshold_source"] == "validation EER"
     assert json.loads((tmp_path / "fakes_dataset_SimpleNet_metrics.json").read_text())["auc"] == result["auc"]
     saliency_map.main(args + ["--n-pairs", "4"])
     grad_cam_analysis.main(args + ["--n", "2"])

@@ -181,3 +181,31 @@ def test_summarize_run_reports_the_values_of_the_logs(tmp_path):
     text = summary_markdown(tmp_path / "out", tmp_path / "fig", tmp_path / "times.tsv")
     assert "| EfficientNetLite0 | fakes_dataset | 2 | 80.00 | 78.50 | 0.8765 | 3,373,570 | 22 |" in text
     assert "| **total** | **25** |" in text
+
+
+def test_bootstrap_intervals_contain_the_estimate_and_shrink_with_more_samples():
+    from metrics import bootstrap_intervals, compute_metrics
+
+    rng = np.random.default_rng(0)
+
+    def scores(n):
+        y = np.arange(n) % 2
+        return y, np.clip(rng.normal(0.4 + 0.2 * y, 0.2), 0, 1)
+
+    small, large = scores(100), scores(2000)
+    ci_small, ci_large = bootstrap_intervals(*small, 300), bootstrap_intervals(*large, 300)
+    for (y, s), ci in ((small, ci_small), (large, ci_large)):
+        m = compute_metrics(y, s)
+        assert ci["auc"][0] <= m["auc"] <= ci["auc"][1] and ci["eer"][0] <= m["eer"] <= ci["eer"][1]
+    width = lambda ci: ci["auc"][1] - ci["auc"][0]  # noqa: E731
+    assert width(ci_large) < width(ci_small) / 2  # about 1 / sqrt(20) as wide
+    assert bootstrap_intervals(*small, 300, seed=1) == bootstrap_intervals(*small, 300, seed=1)  # seeded
+
+
+def test_calibration_error_and_brier_on_hand_made_scores():
+    from metrics import brier_score, expected_calibration_error
+
+    y = np.array([1, 1, 1, 0] * 25)  # 75 % fakes
+    assert expected_calibration_error(y, np.full(100, 0.75)) == pytest.approx(0.0)  # calibrated
+    assert expected_calibration_error(y, np.full(100, 0.95)) == pytest.approx(0.20)  # over-confident by 0.2
+    assert brier_score(y, np.full(100, 0.75)) == pytest.approx(0.75 * 0.25**2 + 0.25 * 0.75**2)

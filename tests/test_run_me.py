@@ -71,6 +71,15 @@ def test_run_me_bad_input_and_the_failing_step_is_named(tmp_path):
     assert proc.returncode == 2 and "must hold fakes_dataset/ and synthetic_dataset/" in proc.stderr
     proc = subprocess.run(["bash", "run_me.sh", "--bogus"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "unknown option --bogus" in proc.stderr
+    proc = subprocess.run(["bash", "run_me.sh", "--data-root"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: --data-root needs a value"
+    # a relative --data-root is relative to the caller's folder, and nothing in out/ is touched before the check
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "run_me_times.tsv").write_text("kept\t1\n")
+    proc = subprocess.run(["bash", str(REPO / "run_me.sh"), "--skip-setup", "--data-root", "mydata"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and f"{tmp_path}/mydata must hold fakes_dataset/" in proc.stderr
+    assert (tmp_path / "out" / "run_me_times.tsv").read_text() == "kept\t1\n"
     data = tmp_path / "broken"
     generate(data, 32, {"train": 2, "val": 2, "test": 2}, 0.5, seed=1, progress=False)
     for image in (data / "synthetic_dataset" / "train" / "real").iterdir():

@@ -75,8 +75,18 @@ def test_plot_errors(tmp_path, capsys):
 
 
 def test_sample_grid(demo_root, tmp_path):
+    from faces_dataset import FacesDataset
+
     path = plot_samples_of_faces_dataset.main(["--data-root", str(demo_root), "--figures-dir", str(tmp_path), "--n", "3"])
     assert path.name == "datasets_samples.png" and path.stat().st_size > 10000
+    datasets = {d: FacesDataset(demo_root / d / "train") for d in ("fakes_dataset", "synthetic_dataset")}
+    rows = plot_samples_of_faces_dataset.grid_rows(datasets, 3)
+    assert [(name, label) for name, label, _ in rows] == [("fakes_dataset", 0), ("fakes_dataset", 1),
+                                                          ("synthetic_dataset", 0), ("synthetic_dataset", 1)]
+    for name, label, indices in rows:  # three distinct samples of the row's own class, spread over the class
+        assert len(set(indices)) == 3 and {datasets[name].labels[i] for i in indices} == {label}
+        class_indices = [i for i, y in enumerate(datasets[name].labels) if y == label]
+        assert indices[0] == class_indices[0] and indices[-1] == class_indices[-1]
 
 
 def test_train_on_a_catalog(tmp_path):

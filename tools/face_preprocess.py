@@ -17,10 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import shutil
-import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,10 +27,18 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import CLASS_NAMES, DATASETS, DEFAULT_SEED, IMAGE_EXTENSIONS  # noqa: E402
+from face_detection import (  # noqa: E402
+    DEFAULT_MARGIN,
+    DEFAULT_MIN_PROB,
+    VIDEO_EXTENSIONS,
+    FaceDetector,
+    crop_face,
+    frame_reader,
+    square_box,
+)
 from faces_dataset import CATALOG_COLUMNS  # noqa: E402
-from utils import UserError, cli_main, get_device, positive_float, positive_int, writable_dir  # noqa: E402
+from utils import UserError, cli_main, positive_float, positive_int, writable_dir  # noqa: E402
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 REAL_NAMES = {"real", "original", "original_sequences", "pristine", "youtube", "actors", "0_real"}
 FAKE_NAMES = {"fake", "manipulated", "manipulated_sequences", "deepfakes", "deepfake", "faceswap", "face2face",
               "neuraltextures", "faceshifter", "synthetic", "1_fake"}
@@ -57,85 +62,6 @@ def split_of(source: str, fractions: tuple[float, float, float], seed: int) -> s
     u = int.from_bytes(digest[:8], "big") / 2**64
     edges = np.cumsum(fractions) / sum(fractions)
     return SPLIT_NAMES[int(np.searchsorted(edges, u, side="right"))]
-
-
-def square_box(box: np.ndarray, margin: float, width: int, height: int) -> tuple[int, int, int, int]:
-    """The detection box grown by `margin` (share of its larger side on each side), made square, clipped to the image."""
-    x1, y1, x2, y2 = box
-    side = max(x2 - x1, y2 - y1) * (1 + 2 * margin)
-    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    side = min(side, width, height)
-    left = int(round(min(max(cx - side / 2, 0), width - side)))
-    top = int(round(min(max(cy - side / 2, 0), height - side)))
-    return left, top, left + int(round(side)), top + int(round(side))
-
-
-def frames_opencv(path: Path, fps: float, max_frames: int) -> Iterator[tuple[int, float, Image.Image]]:
-    """(frame index, timestamp s, RGB image) at about `fps` frames per second, read with OpenCV."""
-    import cv2
-
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise OSError("OpenCV cannot open it")
-    native = cap.get(cv2.CAP_PROP_FPS) or 25.0
-    step = max(1, int(round(native / fps)))
-    index = taken = 0
-    try:
-        while taken < max_frames:
-            ok = cap.grab()
-            if not ok:
-                break
-            if index % step == 0:
-                ok, bgr = cap.retrieve()
-                if not ok:
-                    break
-                taken += 1
-                yield index, index / native, Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-            index += 1
-    finally:
-        cap.release()
-    if taken == 0:
-        raise OSError("no frame could be decoded")
-
-
-def frames_ffmpeg(path: Path, fps: float, max_frames: int) -> Iterator[tuple[int, float, Image.Image]]:
-    """Like frames_opencv, through the ffmpeg binary (frame index counts the sampled frames; timestamp = k / fps)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = ["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-vf", f"fps={fps}", "-frames:v", str(max_frames),
-               str(Path(tmp) / "f%06d.png")]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        files = sorted(Path(tmp).glob("f*.png"))
-        if proc.returncode != 0 or not files:
-            raise OSError(f"ffmpeg could not read it: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'no frames'}")
-        for k, file in enumerate(files):
-            with Image.open(file) as img:
-                yield k, k / fps, img.convert("RGB")
-
-
-class FaceCropper:
-    """MTCNN (its weights ship inside facenet-pytorch: no network) that returns the most confident face per image."""
-
-    def __init__(self, device: str, min_prob: float):
-        from facenet_pytorch import MTCNN
-
-        self.mtcnn = MTCNN(keep_all=True, device=get_device(device), post_process=False)
-        self.min_prob = min_prob
-
-    def detect(self, images: list[Image.Image]) -> list[tuple[np.ndarray, float] | None]:
-        """The best box (x1,y1,x2,y2) and its probability per image, or None below min_prob."""
-        if len({im.size for im in images}) > 1:  # MTCNN batches only same-size images
-            return [r for im in images for r in self.detect([im])]
-        boxes, probs = self.mtcnn.detect(images)
-        found = []
-        for b, p in zip(boxes, probs):
-            if b is None:
-                found.append(None)
-                continue
-            b = np.asarray(b, dtype=np.float32).reshape(-1, 4)
-            p = np.asarray(p, dtype=np.float32).reshape(-1)
-            best = int(p.argmax())
-            found.append((b[best], float(p[best])) if p[best] >= self.min_prob else None)
-        return found
 
 
 def read_catalog(path: Path) -> tuple[list[dict], set[str]]:
@@ -163,7 +89,7 @@ def crop_folder(args: argparse.Namespace, label: int | None, split: str) -> Path
     return Path(cls)
 
 
-def process_source(args, cropper: FaceCropper, path: Path, relative: Path, frames: Iterator) -> list[dict]:
+def process_source(args, detector: FaceDetector, path: Path, relative: Path, frames: Iterator) -> list[dict]:
     """Detect, crop and save the faces of one video or image; returns its catalog rows."""
     label = label_from_path(relative) if args.label_from == "folder" else None
     split = split_of(relative.as_posix(), tuple(args.split), args.seed)
@@ -177,16 +103,15 @@ def process_source(args, cropper: FaceCropper, path: Path, relative: Path, frame
     batch: list[tuple[int, float, Image.Image]] = []
 
     def flush() -> None:
-        for (index, ts, image), hit in zip(batch, cropper.detect([b[2] for b in batch])):
-            if hit is None:
+        for (index, ts, image), faces in zip(batch, detector.detect([b[2] for b in batch])):
+            if not faces:
                 continue
-            box, prob = hit
-            x1, y1, x2, y2 = square_box(box, args.margin, *image.size)
-            crop = image.crop((x1, y1, x2, y2)).resize((args.size, args.size), Image.LANCZOS)
+            face = faces[0]  # the most confident face of the frame
+            x1, y1, x2, y2 = square_box(face.box, args.margin, *image.size)
             name = folder / f"{stem}_f{index:06d}.png"
-            save_output(crop, args.out_dir / name)
+            save_output(crop_face(image, face, args.margin, args.size), args.out_dir / name)
             rows.append({"path": name.as_posix(), "source": relative.as_posix(), "frame_index": index,
-                         "timestamp": round(ts, 3), "x1": x1, "y1": y1, "x2": x2, "y2": y2, "prob": round(prob, 4),
+                         "timestamp": round(ts, 3), "x1": x1, "y1": y1, "x2": x2, "y2": y2, "prob": round(face.prob, 4),
                          "label": "" if label is None else label, "split": split})
         batch.clear()
 
@@ -225,8 +150,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fps", type=positive_float, default=1.0, help="frames sampled per second of video (default: %(default)s)")
     p.add_argument("--max-frames", type=positive_int, default=32, help="at most this many frames per video (default: %(default)s)")
     p.add_argument("--size", type=positive_int, default=256, help="side of the saved square crops (default: %(default)s)")
-    p.add_argument("--margin", type=float, default=0.3, help="box growth per side, share of its size (default: %(default)s)")
-    p.add_argument("--min-prob", type=float, default=0.95, help="minimum MTCNN face probability (default: %(default)s)")
+    p.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="box growth per side, share of its size (default: %(default)s)")
+    p.add_argument("--min-prob", type=float, default=DEFAULT_MIN_PROB, help="minimum MTCNN face probability (default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="frames per MTCNN batch (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     p.add_argument("--label-from", choices=("folder", "none"), default="folder", help="label source (default: folder)")
@@ -255,9 +180,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     sources = list_sources(root, VIDEO_EXTENSIONS if videos else IMAGE_EXTENSIONS)
     if not sources:
         raise UserError(f"no {'videos' if videos else 'images'} found under {root}")
-    extractor = args.extractor
-    if extractor == "auto":
-        extractor = "ffmpeg" if shutil.which("ffmpeg") else "opencv"
+    read, extractor = frame_reader(args.extractor)
     if videos:
         print(f"reading frames with {extractor}" + (" (ffmpeg not on PATH)" if extractor == "opencv" else ""))
     writable_dir(args.out_dir, "--out-dir")  # before any video is decoded
@@ -266,8 +189,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     todo = [s for s in sources if s.relative_to(root).as_posix() not in done]
     if done:
         print(f"resuming: {len(sources) - len(todo)} of {len(sources)} sources already in {catalog}")
-    cropper = FaceCropper(args.device, args.min_prob)
-    read = frames_ffmpeg if extractor == "ffmpeg" else frames_opencv
+    detector = FaceDetector(args.device, args.min_prob)
     skipped = []
     for path in tqdm(todo, desc="sources", unit="file", disable=args.no_progress):
         relative = path.relative_to(root)
@@ -279,7 +201,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             else:
                 with Image.open(path) as img:
                     frames = iter([(0, 0.0, img.convert("RGB"))])
-            new_rows = process_source(args, cropper, path, relative, frames)
+            new_rows = process_source(args, detector, path, relative, frames)
         except OutputError:
             raise
         except (OSError, SyntaxError, ValueError) as err:
@@ -294,7 +216,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             raise OutputError(f"cannot write {catalog} ({err.strerror or err}); free space or pick another --out-dir") from err
         rows += new_rows
     print(f"{len(rows)} face crops from {len(sources) - len(skipped)} sources in {catalog}; {len(skipped)} skipped")
-    if todo and len(skipped) == len(todo):
+    if not rows and skipped and len(skipped) == len(todo):
         raise UserError(f"none of the {len(todo)} sources could be read (see the messages above); nothing was written")
     return rows
 

@@ -306,6 +306,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fake-fraction", type=float, default=0.6, help="share of fakes in every split (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="same seed, same bytes (default: %(default)s)")
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS), help="which datasets to write")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.size < 16:
         parser.error("--size must be at least 16 pixels")
@@ -319,7 +320,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     counts = {"train": args.train, "val": args.val, "test": args.test}
-    n = generate(args.out_dir, args.size, counts, args.fake_fraction, args.seed, tuple(args.datasets))
+    n = generate(args.out_dir, args.size, counts, args.fake_fraction, args.seed, tuple(args.datasets), not args.no_progress)
     print(f"wrote {n} demo images ({args.size}x{args.size}) to {args.out_dir}")
 
 

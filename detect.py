@@ -1,0 +1,420 @@
+"""Is this photo or video fake? Score every face in your own images, videos, folders or globs with a trained detector.
+
+    python detect.py photo.jpg -cpp checkpoints/fakes_dataset_EfficientNetLite0_Adam.pt
+    python detect.py clips/ "shots/*.png" -cpp checkpoints/bonus.pt --out results.csv --annotate annotated/
+    python detect.py clip.mp4 -cpp CKPT --frames 64 --aggregate confident --threshold 0.6
+    python detect.py selfie.png -cpp CKPT --annotate annotated/ --cam      # with each face's Grad-CAM beside it
+
+The model is rebuilt from the checkpoint (-m is optional and checked) and sees each face as it saw its training data:
+MTCNN boxes grown by the training crops' margin (face_detection.py, shared with tools/face_preprocess.py), resized to
+the model's image size and normalised its way. Videos: --frames N evenly spaced frames (default 32, as DeepfakeBench
+evaluates) or --fps; a frame scores as its most fake face, and a video as the aggregate of its frames: `mean`, or the
+DFDC winner's `confident` rule (when many frames are confidently fake, their mean; when nearly all are confidently
+real, theirs; else the mean). The verdict uses --threshold, by default the validation EER threshold saved with the
+checkpoint (0.5 for older checkpoints; the table says which). Unreadable files and files without a face are reported
+and skipped; the exit status is 2 when nothing could be scored. Outputs are written atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch import nn
+from tqdm import tqdm
+
+from common import IMAGE_EXTENSIONS
+from face_detection import (
+    DEFAULT_MARGIN,
+    DEFAULT_MIN_PROB,
+    VIDEO_EXTENSIONS,
+    Face,
+    FaceDetector,
+    crop_face,
+    frame_reader,
+    sample_frames,
+    square_box,
+)
+from faces_dataset import DatasetError, get_transforms, load_rgb
+from models import MODEL_NAMES, checkpoint_image_size, load_model_from_checkpoint
+from utils import (
+    UserError,
+    cli_main,
+    get_device,
+    model_normalization,
+    positive_float,
+    positive_int,
+    writable_dir,
+)
+
+AGGREGATES = ("mean", "confident")
+# the DFDC winner's confident strategy (selimsef, 2020): >0.8 is confidently fake, <0.2 confidently real
+CONFIDENT_FAKE, CONFIDENT_REAL, MIN_CONFIDENT_FRAMES, CONFIDENT_SHARE, REAL_SHARE = 0.8, 0.2, 11, 1 / 2.5, 0.9
+
+
+@dataclass
+class FaceRow:
+    """One scored face: where it was (file, frame, time, box) and what the models said."""
+
+    file: str
+    frame: int
+    time: float
+    box: list[int]
+    face_prob: float
+    p_fake: float
+
+
+@dataclass
+class FileResult:
+    """One input: its faces, its aggregate P(fake) (None when nothing was scored) and the verdict or the reason."""
+
+    file: str
+    kind: str
+    frames: int = 0
+    faces: list[FaceRow] = field(default_factory=list)
+    score: float | None = None
+    verdict: str = ""
+
+    def summary(self) -> dict:
+        return {"file": self.file, "kind": self.kind, "frames": self.frames, "faces": len(self.faces),
+                "p_fake": self.score, "verdict": self.verdict}
+
+
+def confident_strategy(scores: np.ndarray) -> float:
+    """The DFDC winner's video score: the mean of the confidently fake frames when there are many (more than 11 and
+    more than 40 % of the frames), else the mean of the confidently real ones when they are over 90 %, else the mean."""
+    scores = np.asarray(scores, dtype=float)
+    fakes = scores > CONFIDENT_FAKE
+    if fakes.sum() > MIN_CONFIDENT_FRAMES and fakes.sum() > len(scores) * CONFIDENT_SHARE:
+        return float(scores[fakes].mean())
+    reals = scores < CONFIDENT_REAL
+    if reals.sum() > REAL_SHARE * len(scores):
+        return float(scores[reals].mean())
+    return float(scores.mean())
+
+
+def aggregate(scores: np.ndarray, how: str) -> float:
+    """A video's P(fake) from its frames' scores: 'mean' or 'confident'."""
+    return confident_strategy(scores) if how == "confident" else float(np.mean(scores))
+
+
+def frame_scores(faces: list[FaceRow]) -> np.ndarray:
+    """Per frame, the P(fake) of its most fake face (a frame is as fake as the worst face in it), in frame order."""
+    best: dict[int, float] = {}
+    for f in faces:
+        best[f.frame] = max(best.get(f.frame, 0.0), f.p_fake)
+    return np.array([best[k] for k in sorted(best)])
+
+
+def expand_inputs(paths: list[str]) -> tuple[list[Path], list[str]]:
+    """Images and videos named by files, folders (recursive) and glob patterns; plus a message per unusable path."""
+    media = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
+    found: list[Path] = []
+    problems: list[str] = []
+    for text in paths:
+        path = Path(text)
+        if any(ch in text for ch in "*?[") and not path.exists():
+            matches = sorted(Path(m) for m in glob.glob(text, recursive=True))
+            found += [m for m in matches if m.is_file() and m.suffix.lower() in media]
+            if not matches:
+                problems.append(f"{text}: no file matches this pattern")
+        elif path.is_dir():
+            inside = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in media)
+            found += inside
+            if not inside:
+                problems.append(f"{text}: no image or video in this folder")
+        elif path.is_file():
+            if path.suffix.lower() in media:
+                found.append(path)
+            else:
+                problems.append(f"{text}: not an image or video ({', '.join(media)})")
+        else:
+            problems.append(f"{text}: no such file or folder")
+    unique = list(dict.fromkeys(found))
+    return unique, problems
+
+
+class Scorer:
+    """The detector applied to face crops in batches: P(fake) per crop, with the model's own size and normalisation."""
+
+    def __init__(self, model: nn.Module, image_size: int, device: torch.device, batch_size: int):
+        self.model, self.device, self.batch_size = model.eval(), device, batch_size
+        self.image_size = image_size
+        self.transform = get_transforms(False, image_size, model_normalization(model))
+
+    @torch.no_grad()
+    def __call__(self, crops: list[Image.Image]) -> np.ndarray:
+        out = []
+        for start in range(0, len(crops), self.batch_size):
+            batch = torch.stack([self.transform(c) for c in crops[start:start + self.batch_size]]).to(self.device)
+            out.append(torch.softmax(self.model(batch).float(), dim=1)[:, 1].cpu())
+        return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+def score_frames(frames: Iterator[tuple[int, float, Image.Image]], name: str, detector: FaceDetector, scorer: Scorer,
+                 margin: float, detect_batch: int, keep: dict | None = None) -> tuple[list[FaceRow], int]:
+    """Detect and score the faces of a stream of frames; returns the face rows and the number of frames read.
+
+    keep, when given, collects {frame index: (image, faces)} for annotation.
+    """
+    rows: list[FaceRow] = []
+    crops: list[Image.Image] = []
+    pending: list[tuple[int, float, Image.Image]] = []
+    n_frames = 0
+
+    def flush() -> None:
+        for (index, ts, image), faces in zip(pending, detector.detect([p[2] for p in pending])):
+            if keep is not None:
+                keep[index] = (image, faces)
+            for face in faces:
+                crops.append(crop_face(image, face, margin, scorer.image_size))
+                rows.append(FaceRow(name, index, round(ts, 3), list(square_box(face.box, margin, *image.size)),
+                                    round(face.prob, 4), 0.0))
+        pending.clear()
+
+    for frame in frames:
+        n_frames += 1
+        pending.append(frame)
+        if len(pending) == detect_batch:
+            flush()
+    flush()
+    for row, p in zip(rows, scorer(crops)):
+        row.p_fake = float(p)
+    return rows, n_frames
+
+
+def colour(p_fake: float) -> tuple[int, int, int]:
+    """Green for real through yellow to red for fake."""
+    return int(round(255 * min(1.0, 2 * p_fake))), int(round(255 * min(1.0, 2 * (1 - p_fake)))), 0
+
+
+def draw_faces(image: Image.Image, faces: list[FaceRow]) -> Image.Image:
+    """A copy of the image with every face boxed and labelled with its P(fake)."""
+    out = image.copy()
+    draw = ImageDraw.Draw(out)
+    width = max(2, out.size[0] // 300)
+    for f in faces:
+        c = colour(f.p_fake)
+        draw.rectangle(f.box, outline=c, width=width)
+        label = f"P(fake) {f.p_fake:.2f}"
+        x, y = f.box[0], max(0, f.box[1] - 14)
+        draw.rectangle((x, y, x + 7 * len(label), y + 13), fill=c)
+        draw.text((x + 2, y + 1), label, fill=(0, 0, 0))
+    return out
+
+
+def cam_panel(image: Image.Image, faces: list[FaceRow], model: nn.Module, scorer: Scorer, margin: float) -> Image.Image:
+    """The annotated image with, beside it, each face's crop over its Grad-CAM (the evidence for 'fake')."""
+    from grad_cam_analysis import compute_cams, overlay
+
+    side = min(image.size[1], 256)
+    tiles = []
+    for f in faces:
+        crop = crop_face(image, Face(np.array(f.box, dtype=np.float32), f.face_prob), 0.0, scorer.image_size)
+        x = scorer.transform(crop)[None].to(scorer.device)
+        cam = compute_cams(model, x, torch.tensor([1]))[0]
+        tiles.append(Image.fromarray(overlay(x[0].cpu(), cam, model_normalization(model))).resize((side, side)))
+    annotated = draw_faces(image, faces)
+    panel = Image.new("RGB", (annotated.size[0] + side * len(tiles), annotated.size[1]), (255, 255, 255))
+    panel.paste(annotated, (0, 0))
+    for k, tile in enumerate(tiles):
+        panel.paste(tile, (annotated.size[0] + k * side, 0))
+    return panel
+
+
+def atomic_save_image(image: Image.Image, path: Path) -> None:
+    """Save through a temp file and a rename: a crash leaves no half image."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    image.save(buffer, format=(path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG"))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "wb") as f:
+        f.write(buffer.getvalue())
+    os.replace(tmp, path)
+
+
+def annotate_video(path: Path, out: Path, faces: list[FaceRow], sampled: list[int], only_sampled: bool,
+                   fps_out: float | None) -> int:
+    """Re-encode a video with boxes: every frame with the boxes of the nearest sampled frame (or only the sampled
+    frames). Returns the number of frames written. Written to a temp file and renamed."""
+    import cv2
+
+    by_frame: dict[int, list[FaceRow]] = {}
+    for f in faces:
+        by_frame.setdefault(f.frame, []).append(f)
+    cap = cv2.VideoCapture(str(path))
+    native = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps_out or native, size)
+    sampled_sorted = np.array(sorted(sampled)) if sampled else np.array([0])
+    written = index = 0
+    try:
+        while True:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            if only_sampled and index not in by_frame and index not in set(sampled):
+                index += 1
+                continue
+            nearest = int(sampled_sorted[np.abs(sampled_sorted - index).argmin()])
+            image = Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            drawn = draw_faces(image, by_frame.get(nearest, []))
+            writer.write(cv2.cvtColor(np.asarray(drawn), cv2.COLOR_RGB2BGR))
+            written += 1
+            index += 1
+    finally:
+        cap.release()
+        writer.release()
+    os.replace(tmp, out)
+    return written
+
+
+def write_results(path: Path, results: list[FileResult], threshold: float, source: str) -> None:
+    """One row per face and one per file, as CSV (a 'row' column tells them apart) or JSON; written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w", newline="") as handle:
+        if path.suffix.lower() == ".json":
+            json.dump({"threshold": threshold, "threshold_source": source,
+                       "files": [r.summary() for r in results],
+                       "faces": [asdict(f) for r in results for f in r.faces]}, handle, indent=2)
+        else:
+            columns = ["row", "file", "kind", "frame", "time", "x1", "y1", "x2", "y2", "face_prob", "p_fake", "faces",
+                       "frames", "verdict"]
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            for r in results:
+                for f in r.faces:
+                    writer.writerow({"row": "face", "file": f.file, "frame": f.frame, "time": f.time,
+                                     **dict(zip(("x1", "y1", "x2", "y2"), f.box)), "face_prob": f.face_prob,
+                                     "p_fake": round(f.p_fake, 6)})
+                writer.writerow({"row": "file", "file": r.file, "kind": r.kind, "faces": len(r.faces), "frames": r.frames,
+                                 "p_fake": None if r.score is None else round(r.score, 6), "verdict": r.verdict})
+    os.replace(tmp, path)
+
+
+def print_table(results: list[FileResult], threshold: float, source: str) -> None:
+    width = max([len(r.file) for r in results] + [4])
+    print(f"\n{'file':{width}s}  {'faces':>5s}  {'P(fake)':>7s}  verdict (threshold {threshold:.3f}: {source})")
+    for r in results:
+        score = "" if r.score is None else f"{r.score:.3f}"
+        print(f"{r.file:{width}s}  {len(r.faces):5d}  {score:>7s}  {r.verdict}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="+", help="images, videos, folders (searched recursively) or glob patterns")
+    p.add_argument("-cpp", "--checkpoint_path", "--checkpoint", dest="checkpoint_path", type=Path, required=True,
+                   help="checkpoint written by train_main.py (the model is rebuilt from it)")
+    p.add_argument("-m", "--model", choices=MODEL_NAMES, help="model name (optional: checked against the checkpoint)")
+    frames = p.add_mutually_exclusive_group()
+    frames.add_argument("--frames", type=positive_int, default=32, help="evenly spaced frames per video (default: 32)")
+    frames.add_argument("--fps", type=positive_float, help="or: frames sampled per second of video")
+    p.add_argument("--aggregate", choices=AGGREGATES, default="mean", help="video score from frame scores (default: mean)")
+    p.add_argument("--threshold", type=float, help="P(fake) at or above which a file is called fake "
+                   "(default: the validation EER threshold saved with the checkpoint, else 0.5)")
+    p.add_argument("--out", type=Path, help="write one row per face and per file to a .csv or .json file")
+    p.add_argument("--annotate", type=Path, help="folder for annotated copies (boxes and P(fake) drawn in)")
+    p.add_argument("--cam", action="store_true", help="with --annotate: each face's Grad-CAM beside the image")
+    p.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="face box growth per side (default: %(default)s)")
+    p.add_argument("--min-prob", type=float, default=DEFAULT_MIN_PROB, help="minimum MTCNN face probability (default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="face crops per model batch (default: %(default)s)")
+    p.add_argument("--detect-batch", type=positive_int, default=8, help="frames per MTCNN batch (default: %(default)s)")
+    p.add_argument("--extractor", choices=("auto", "ffmpeg", "opencv"), default="auto",
+                   help="frame reader for --fps (default: ffmpeg when on PATH)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    if args.threshold is not None and not 0 <= args.threshold <= 1:
+        p.error("--threshold is a probability in [0, 1]")
+    if args.out is not None and args.out.suffix.lower() not in (".csv", ".json"):
+        p.error("--out must end in .csv or .json")
+    if args.cam and args.annotate is None:
+        p.error("--cam draws into the annotated copies: add --annotate DIR")
+    return args
+
+
+def detect_file(path: Path, args: argparse.Namespace, detector: FaceDetector, scorer: Scorer, model: nn.Module,
+                threshold: float) -> FileResult:
+    """Score one image or video (raising OSError/DatasetError when it cannot be read)."""
+    is_video = path.suffix.lower() in VIDEO_EXTENSIONS
+    result = FileResult(str(path), "video" if is_video else "image")
+    keep: dict = {}
+    if is_video:
+        if args.fps is not None:
+            read, _ = frame_reader(args.extractor)
+            frames = read(path, args.fps, 10**6)
+        else:
+            frames = sample_frames(path, args.frames)
+        frames = tqdm(frames, desc=path.name, unit="frame", leave=False, disable=args.no_progress)
+    else:
+        frames = iter([(0, 0.0, load_rgb(path))])
+    result.faces, result.frames = score_frames(frames, str(path), detector, scorer, args.margin, args.detect_batch, keep)
+    if not result.faces:
+        result.verdict = "no face found"
+        return result
+    scores = frame_scores(result.faces)
+    result.score = aggregate(scores, args.aggregate) if is_video else float(scores.max())
+    result.verdict = "fake" if result.score >= threshold else "real"
+    if args.annotate is not None:
+        target = args.annotate / path.name
+        if is_video:
+            annotate_video(path, target.with_suffix(".mp4"), result.faces, sorted(keep), args.fps is not None, args.fps)
+        else:
+            image = keep[0][0]
+            drawn = cam_panel(image, result.faces, model, scorer, args.margin) if args.cam else draw_faces(image, result.faces)
+            atomic_save_image(drawn, target.with_suffix(".png"))
+    return result
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> list[FileResult]:
+    args = parse_args(argv)
+    device = get_device(args.device)
+    inputs, problems = expand_inputs(args.paths)
+    for problem in problems:
+        print(f"skipping {problem}")
+    if not inputs:
+        raise UserError("no image or video to score (see the messages above)")
+    if args.annotate is not None:
+        writable_dir(args.annotate, "--annotate")
+    if args.out is not None:
+        writable_dir(args.out.parent, "--out's folder")
+    model, ckpt = load_model_from_checkpoint(args.checkpoint_path, device, expected_model=args.model)
+    threshold, source = (args.threshold, "--threshold") if args.threshold is not None else model.decision_threshold
+    scorer = Scorer(model, checkpoint_image_size(ckpt), device, args.batch_size)
+    detector = FaceDetector(args.device, args.min_prob)
+    results = []
+    for path in tqdm(inputs, desc="inputs", unit="file", disable=args.no_progress or len(inputs) == 1):
+        try:
+            result = detect_file(path, args, detector, scorer, model, threshold)
+        except (OSError, DatasetError, ValueError) as err:
+            tqdm.write(f"skipping {path}: cannot read it ({err})")
+            result = FileResult(str(path), "video" if path.suffix.lower() in VIDEO_EXTENSIONS else "image",
+                                verdict="unreadable")
+        if result.verdict == "no face found":
+            tqdm.write(f"{path}: no face found (MTCNN probability below {args.min_prob})")
+        results.append(result)
+    print_table(results, threshold, source)
+    if args.out is not None:
+        write_results(args.out, results, threshold, source)
+        print(f"saved {args.out}")
+    if not any(r.score is not None for r in results):
+        raise UserError("no input could be scored (no face found or unreadable)")
+    return results
+
+
+if __name__ == "__main__":
+    main()
