@@ -19,10 +19,8 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
-import io
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,6 +47,7 @@ from faces_dataset import DatasetError, get_transforms, load_rgb
 from models import MODEL_NAMES, checkpoint_image_size, load_model_from_checkpoint
 from utils import (
     UserError,
+    atomic_write,
     cli_main,
     get_device,
     model_normalization,
@@ -232,17 +231,6 @@ def cam_panel(image: Image.Image, faces: list[FaceRow], model: nn.Module, scorer
     return panel
 
 
-def atomic_save_image(image: Image.Image, path: Path) -> None:
-    """Save through a temp file and a rename: a crash leaves no half image."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    image.save(buffer, format=(path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG"))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(buffer.getvalue())
-    os.replace(tmp, path)
-
-
 def annotate_video(path: Path, out: Path, faces: list[FaceRow], sampled: list[int], only_sampled: bool,
                    fps_out: float | None) -> int:
     """Re-encode a video with boxes: every frame with the boxes of the nearest sampled frame (or only the sampled
@@ -256,7 +244,7 @@ def annotate_video(path: Path, out: Path, faces: list[FaceRow], sampled: list[in
     native = cap.get(cv2.CAP_PROP_FPS) or 25.0
     size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")  # OpenCV picks the container from the extension
     writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps_out or native, size)
     sampled_sorted = np.array(sorted(sampled)) if sampled else np.array([0])
     written = index = 0
@@ -283,10 +271,12 @@ def annotate_video(path: Path, out: Path, faces: list[FaceRow], sampled: list[in
 
 def write_results(path: Path, results: list[FileResult], threshold: float, source: str) -> None:
     """One row per face and one per file, as CSV (a 'row' column tells them apart) or JSON; written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", newline="") as handle:
-        if path.suffix.lower() == ".json":
+    atomic_write(path, lambda tmp: _write_results(tmp, path.suffix.lower(), results, threshold, source))
+
+
+def _write_results(tmp: str, suffix: str, results: list[FileResult], threshold: float, source: str) -> None:
+    with open(tmp, "w", newline="") as handle:
+        if suffix == ".json":
             json.dump({"threshold": threshold, "threshold_source": source,
                        "files": [r.summary() for r in results],
                        "faces": [asdict(f) for r in results for f in r.faces]}, handle, indent=2)
@@ -302,7 +292,6 @@ def write_results(path: Path, results: list[FileResult], threshold: float, sourc
                                      "p_fake": round(f.p_fake, 6)})
                 writer.writerow({"row": "file", "file": r.file, "kind": r.kind, "faces": len(r.faces), "frames": r.frames,
                                  "p_fake": None if r.score is None else round(r.score, 6), "verdict": r.verdict})
-    os.replace(tmp, path)
 
 
 def print_table(results: list[FileResult], threshold: float, source: str) -> None:
@@ -375,7 +364,7 @@ def detect_file(path: Path, args: argparse.Namespace, detector: FaceDetector, sc
         else:
             image = keep[0][0]
             drawn = cam_panel(image, result.faces, model, scorer, args.margin) if args.cam else draw_faces(image, result.faces)
-            atomic_save_image(drawn, target.with_suffix(".png"))
+            atomic_write(target.with_suffix(".png"), lambda tmp: drawn.save(tmp, format="PNG"))
     return result
 
 

@@ -173,6 +173,20 @@ adversarial() {  # adversarial MODEL LR EPOCHS
 adversarial SimpleNet 0.001 "$E_ADV"
 adversarial Bonus 0.01 "$E_BONUS"
 
+# ---- "is this photo fake?": detect.py on two real and two fake test images per dataset, with its EfficientNet-Lite0 -----
+if [ "$DEMO" = "0" ]; then
+  for d in fakes_dataset synthetic_dataset; do
+    picks=()
+    for c in real fake; do
+      while IFS= read -r f; do picks+=("$ROOT/$d/test/$c/$f"); done < <(ls "$ROOT/$d/test/$c" | head -n 2)
+    done
+    step "detect.py on $d test images" "$PY" detect.py "${picks[@]}" -cpp "$CKPT/${d}_EfficientNetLite0_Adam.pt" \
+      --out "$OUT/detect_${d}.csv" --annotate "$FIG/detect_$d" --cam --no-progress --device "$DEVICE"
+  done
+else
+  echo "note: detect.py is for real faces (MTCNN finds none in the demo drawings): see README, 'Check your own photos'"
+fi
+
 # ---- summary --------------------------------------------------------------------------------------------------
 "$PY" tools/summarize_run.py --out-dir "$OUT" --figures-dir "$FIG" --times "$TIMES"
 echo "run_me.sh: done in $(( $(date +%s) - T0 )) s; figures in $FIG, logs in $OUT, checkpoints in $CKPT"

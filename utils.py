@@ -223,13 +223,18 @@ def get_nof_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temp file in the same folder and rename it over `path`: the old file survives any failure."""
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
+    """Call write(temp path) for a temp file beside `path`, then rename it over `path`: the old file survives any
+    failure, and the new one gets the usual permissions (mkstemp's are owner-only)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
@@ -241,7 +246,7 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
 
 
 def remove_stale_temp_files(folder: str | Path, name: str) -> None:
-    """Delete temp files a killed writer of `name` left behind in `folder` (see _atomic_write)."""
+    """Delete temp files a killed writer of `name` left behind in `folder` (see atomic_write)."""
     for stale in Path(folder).glob(f".{name}.*.tmp"):
         stale.unlink(missing_ok=True)
 
@@ -253,12 +258,12 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=2)
 
-    _atomic_write(Path(path), write)
+    atomic_write(path, write)
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """torch.save through a temp file and a rename (see atomic_write_json)."""
-    _atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def resolve_input_path(path: str | Path) -> Path:

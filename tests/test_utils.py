@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -57,6 +58,9 @@ def test_get_device():
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     path = tmp_path / "log.json"
     atomic_write_json(path, [{"a": 1}])
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's owner-only 0600
     with pytest.raises(TypeError):
         atomic_write_json(path, [{"a": object()}])  # not serialisable: fails half-way
     assert json.loads(path.read_text()) == [{"a": 1}]
