@@ -107,12 +107,18 @@ def aggregate(scores: np.ndarray, how: str) -> float:
     return confident_strategy(scores) if how == "confident" else float(np.mean(scores))
 
 
+def faces_by_frame(faces: list[FaceRow]) -> dict[int, list[FaceRow]]:
+    """The face rows grouped by frame index."""
+    grouped: dict[int, list[FaceRow]] = {}
+    for f in faces:
+        grouped.setdefault(f.frame, []).append(f)
+    return grouped
+
+
 def frame_scores(faces: list[FaceRow]) -> np.ndarray:
     """Per frame, the P(fake) of its most fake face (a frame is as fake as the worst face in it), in frame order."""
-    best: dict[int, float] = {}
-    for f in faces:
-        best[f.frame] = max(best.get(f.frame, 0.0), f.p_fake)
-    return np.array([best[k] for k in sorted(best)])
+    grouped = faces_by_frame(faces)
+    return np.array([max(f.p_fake for f in grouped[k]) for k in sorted(grouped)])
 
 
 def expand_inputs(paths: list[str]) -> tuple[list[Path], list[str]]:
@@ -212,37 +218,39 @@ def draw_faces(image: Image.Image, faces: list[FaceRow]) -> Image.Image:
     return out
 
 
-def cam_panel(image: Image.Image, faces: list[FaceRow], model: nn.Module, scorer: Scorer, margin: float) -> Image.Image:
-    """The annotated image with, beside it, each face's crop over its Grad-CAM (the evidence for 'fake')."""
+def cam_tiles(image: Image.Image, faces: list[FaceRow], model: nn.Module, scorer: Scorer, side: int) -> list[Image.Image]:
+    """Each face's crop under its Grad-CAM for 'fake' (the evidence the model used), side x side."""
     from grad_cam_analysis import compute_cams, overlay
 
-    side = min(image.size[1], 256)
     tiles = []
     for f in faces:
         crop = crop_face(image, Face(np.array(f.box, dtype=np.float32), f.face_prob), 0.0, scorer.image_size)
         x = scorer.transform(crop)[None].to(scorer.device)
         cam = compute_cams(model, x, torch.tensor([1]))[0]
         tiles.append(Image.fromarray(overlay(x[0].cpu(), cam, model_normalization(model))).resize((side, side)))
-    annotated = draw_faces(image, faces)
-    panel = Image.new("RGB", (annotated.size[0] + side * len(tiles), annotated.size[1]), (255, 255, 255))
-    panel.paste(annotated, (0, 0))
-    for k, tile in enumerate(tiles):
-        panel.paste(tile, (annotated.size[0] + k * side, 0))
+    return tiles
+
+
+def beside(image: Image.Image, tiles: list[Image.Image], side: int, slots: int) -> Image.Image:
+    """The image with `slots` tile places of side x side to its right (unused places stay white)."""
+    panel = Image.new("RGB", (image.size[0] + side * slots, image.size[1]), (255, 255, 255))
+    panel.paste(image, (0, 0))
+    for k, tile in enumerate(tiles[:slots]):
+        panel.paste(tile, (image.size[0] + k * side, 0))
     return panel
 
 
 def annotate_video(path: Path, out: Path, faces: list[FaceRow], sampled: list[int], only_sampled: bool,
-                   fps_out: float | None) -> int:
+                   fps_out: float | None, tiles: dict[int, list[Image.Image]] | None = None, side: int = 0) -> int:
     """Re-encode a video with boxes: every frame with the boxes of the nearest sampled frame (or only the sampled
-    frames). Returns the number of frames written. Written to a temp file and renamed."""
+    frames), and that frame's CAM tiles beside it when given. Returns the frames written (temp file, then rename)."""
     import cv2
 
-    by_frame: dict[int, list[FaceRow]] = {}
-    for f in faces:
-        by_frame.setdefault(f.frame, []).append(f)
+    by_frame = faces_by_frame(faces)
     cap = cv2.VideoCapture(str(path))
     native = cap.get(cv2.CAP_PROP_FPS) or 25.0
-    size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    slots = max((len(t) for t in tiles.values()), default=0) if tiles else 0
+    size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)) + side * slots, int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")  # OpenCV picks the container from the extension
     writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps_out or native, size)
@@ -259,6 +267,8 @@ def annotate_video(path: Path, out: Path, faces: list[FaceRow], sampled: list[in
             nearest = int(sampled_sorted[np.abs(sampled_sorted - index).argmin()])
             image = Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
             drawn = draw_faces(image, by_frame.get(nearest, []))
+            if slots:
+                drawn = beside(drawn, tiles.get(nearest, []), side, slots)
             writer.write(cv2.cvtColor(np.asarray(drawn), cv2.COLOR_RGB2BGR))
             written += 1
             index += 1
@@ -359,11 +369,16 @@ def detect_file(path: Path, args: argparse.Namespace, detector: FaceDetector, sc
     result.verdict = "fake" if result.score >= threshold else "real"
     if args.annotate is not None:
         target = args.annotate / path.name
+        by_frame = faces_by_frame(result.faces)
+        side = min(keep[min(keep)][0].size[1], 256)
+        tiles = {k: cam_tiles(keep[k][0], rows, model, scorer, side) for k, rows in by_frame.items()} if args.cam else {}
         if is_video:
-            annotate_video(path, target.with_suffix(".mp4"), result.faces, sorted(keep), args.fps is not None, args.fps)
+            annotate_video(path, target.with_suffix(".mp4"), result.faces, sorted(keep), args.fps is not None, args.fps,
+                           tiles, side)
         else:
-            image = keep[0][0]
-            drawn = cam_panel(image, result.faces, model, scorer, args.margin) if args.cam else draw_faces(image, result.faces)
+            drawn = draw_faces(keep[0][0], result.faces)
+            if args.cam:
+                drawn = beside(drawn, tiles[0], side, len(tiles[0]))
             atomic_write(target.with_suffix(".png"), lambda tmp: drawn.save(tmp, format="PNG"))
     return result
 

@@ -139,6 +139,10 @@ def test_annotated_copies(media, checkpoint, tmp_path):
     detect.main([str(media / "astronaut.png"), "-cpp", str(checkpoint), "--annotate", str(tmp_path / "cam"), "--cam",
                  "--no-progress"])
     assert Image.open(tmp_path / "cam" / "astronaut.png").size == (512 + 256, 512)  # the CAM tile beside the photo
+    detect.main([str(media / "clip.mp4"), "-cpp", str(checkpoint), "--frames", "3", "--annotate", str(tmp_path / "cam"),
+                 "--cam", "--no-progress"])
+    cap = cv2.VideoCapture(str(tmp_path / "cam" / "clip.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)) == 512 + 256 and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 20
 
 
 def test_bad_inputs_are_reported_and_skipped(media, checkpoint, tmp_path, capsys):
