@@ -153,6 +153,10 @@ for d in synthetic_dataset fakes_dataset; do
   step "Grad-CAM EfficientNetLite0 $d" analyse grad_cam_analysis.py EfficientNetLite0 "$d"
 done
 
+step "cross-dataset AUC (each EfficientNetLite0 on both datasets)" "$PY" tools/cross_eval.py --checkpoints \
+  "$CKPT/fakes_dataset_EfficientNetLite0_Adam.pt" "$CKPT/synthetic_dataset_EfficientNetLite0_Adam.pt" --data-roots "$ROOT" \
+  --out-dir "$OUT" --figures-dir "$FIG" --device "$DEVICE" --no-progress "${LITE_LIMIT[@]}"
+
 # ---- bonus: the compact model, published to checkpoints/bonus.pt ----------------------------------------------------
 step "train Bonus on fakes_dataset" train -d fakes_dataset -m Bonus --lr 0.01 -b 32 -e "$E_BONUS" -o Adam "${LIMIT[@]}"
 step "evaluate bonus model" "$PY" bonus_main.py --checkpoint "$CKPT/bonus.pt" --data-root "$ROOT" --device "$DEVICE"

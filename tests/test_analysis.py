@@ -211,3 +211,26 @@ def test_bonus_main_reports_the_test_auc_and_size(demo_root, tmp_path):
         scores = torch.cat([torch.softmax(model(x[None]), 1)[:, 1] for x, _ in test]).numpy()
     assert result["auc"] == pytest.approx(roc_auc_score([y for _, y in test], scores))
     assert result["n_params"] == 27_826
+
+
+def test_cross_eval_has_one_cell_per_checkpoint_and_set_with_numerical_analysis_auc(trained, demo_root, tmp_path):
+    import cross_eval
+
+    other = tmp_path / "second.pt"
+    train_main.main(["-d", "synthetic_dataset", "-m", "Bonus", "-e", "1", "-b", "8", "--image-size", "64", "--data-root",
+                     str(demo_root), "--out-dir", str(tmp_path), "--checkpoint-dir", str(tmp_path), "--no-progress",
+                     "--num-workers", "0"])
+    (tmp_path / "synthetic_dataset_Bonus_Adam.pt").rename(other)
+    rows = cross_eval.main(["--checkpoints", str(trained), str(other), "--data-roots", str(demo_root), "--out-dir",
+                            str(tmp_path), "--figures-dir", str(tmp_path), "--no-progress"])
+    assert [(r["checkpoint"], r["test_set"]) for r in rows] == [
+        (trained.stem, "fakes_dataset"), (trained.stem, "synthetic_dataset"),
+        ("second", "fakes_dataset"), ("second", "synthetic_dataset")]
+    for r in rows:
+        ckpt = trained if r["checkpoint"] == trained.stem else other
+        reference = numerical_analysis.main(["-cpp", str(ckpt), "-d", r["test_set"], "--data-root", str(demo_root),
+                                             "--figures-dir", str(tmp_path / "na"), "--no-progress", "--bootstrap", "10"])
+        assert r["auc"] == pytest.approx(reference["auc"]) and r["eer"] == pytest.approx(reference["eer"])
+        assert r["accuracy"] == pytest.approx(reference["accuracy_at_val_threshold"])
+    assert json.loads((tmp_path / "cross_eval.json").read_text()) == rows
+    assert (tmp_path / "cross_eval_auc.png").stat().st_size > 5000

@@ -1,0 +1,112 @@
+"""Cross-dataset evaluation: every checkpoint on every data root's (and dataset's) test split, as a table and a heatmap.
+
+    python tools/cross_eval.py --checkpoints checkpoints/fakes_dataset_EfficientNetLite0_Adam.pt \
+        checkpoints/synthetic_dataset_EfficientNetLite0_Adam.pt --data-roots ../shared/data
+    python tools/cross_eval.py --checkpoints A.pt B.pt --data-roots R1 R2 -d fakes_dataset
+
+A detector's score on its own test split says little; the field judges it on other data (DeepfakeBench: Xception
+trained on FF++ has AUC 0.964 in-domain and 0.737 on Celeb-DF-v2). Each cell holds AUC, EER, AP and the accuracy at the
+checkpoint's own validation threshold, computed exactly as numerical_analysis.py does. Without -d every dataset found
+under each root is used. Writes out/cross_eval.json, prints a markdown table, and draws figures/cross_eval_auc.png
+(checkpoints x test sets, AUC in each cell).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import DATASETS, FIGURES_DIR, OUT_DIR  # noqa: E402
+from faces_dataset import load_dataset  # noqa: E402
+from metrics import compute_metrics  # noqa: E402
+from models import checkpoint_image_size, load_model_from_checkpoint  # noqa: E402
+from numerical_analysis import get_soft_scores_and_true_labels  # noqa: E402
+from utils import (  # noqa: E402
+    UserError,
+    atomic_write_json,
+    cli_main,
+    get_device,
+    model_normalization,
+    new_figure,
+    positive_int,
+    save_figure,
+    writable_dir,
+)
+
+
+def test_sets(roots: list[Path], dataset: str | None) -> list[tuple[Path, str]]:
+    """(root, dataset) pairs to score: -d on every root, or every dataset each root holds."""
+    pairs = [(root, d) for root in roots for d in ([dataset] if dataset else DATASETS) if (root / d / "test").is_dir()]
+    if not pairs:
+        raise UserError(f"no <root>/<dataset>/test folder under {', '.join(map(str, roots))}")
+    return pairs
+
+
+def label(checkpoint: Path) -> str:
+    return checkpoint.stem
+
+
+def plot_heatmap(rows: list[dict], checkpoints: list[str], sets: list[str], path: Path) -> Path:
+    """Checkpoints (rows) x test sets (columns), AUC written in each cell."""
+    grid = np.full((len(checkpoints), len(sets)), np.nan)
+    for r in rows:
+        grid[checkpoints.index(r["checkpoint"]), sets.index(r["test_set"])] = r["auc"]
+    fig, ax = new_figure(figsize=(2.2 + 1.9 * len(sets), 1.2 + 0.7 * len(checkpoints)))
+    shown = ax.imshow(grid, vmin=0.5, vmax=1.0, cmap="viridis")
+    for i in range(len(checkpoints)):
+        for j in range(len(sets)):
+            if not np.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", color="white" if grid[i, j] < 0.8 else "black")
+    ax.set_xticks(range(len(sets)), sets, rotation=20, ha="right", fontsize=8)
+    ax.set_yticks(range(len(checkpoints)), checkpoints, fontsize=8)
+    ax.set_title("Cross-dataset test AUC (rows: trained model, columns: test set)")
+    fig.colorbar(shown, ax=ax, fraction=0.046, label="AUC")
+    return save_figure(fig, path)
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoints", nargs="+", type=Path, required=True, help="checkpoints written by train_main.py")
+    p.add_argument("--data-roots", nargs="+", type=Path, required=True, help="roots in the assignment layout")
+    p.add_argument("-d", "--dataset", choices=DATASETS, help="only this dataset of each root (default: every one)")
+    p.add_argument("--limit", type=positive_int, help="at most this many test images per set")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out-dir", type=Path, default=OUT_DIR, help="for cross_eval.json (default: %(default)s)")
+    p.add_argument("--figures-dir", type=Path, default=FIGURES_DIR, help="for cross_eval_auc.png (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    device = get_device(args.device)
+    sets = test_sets(args.data_roots, args.dataset)
+    writable_dir(args.out_dir, "--out-dir")
+    writable_dir(args.figures_dir, "--figures-dir")
+    several_roots = len(args.data_roots) > 1
+    rows = []
+    for path in args.checkpoints:
+        model, ckpt = load_model_from_checkpoint(path, device)
+        threshold, _ = model.decision_threshold
+        for root, dataset in sets:
+            test = load_dataset(dataset, "test", root, checkpoint_image_size(ckpt), args.limit, model_normalization(model))
+            _, scores, labels = get_soft_scores_and_true_labels(test, model, args.batch_size, device, not args.no_progress)
+            m = compute_metrics(labels, scores, threshold)
+            name = f"{root.name}/{dataset}" if several_roots else dataset
+            rows.append({"checkpoint": label(path), "model": model.model_name, "test_set": name, "n": m["n_samples"],
+                         "auc": m["auc"], "eer": m["eer"], "ap": m["average_precision"], "threshold": threshold,
+                         "accuracy": m["accuracy"]})
+    print("| checkpoint | test set | n | AUC | EER | AP | accuracy at its threshold |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['checkpoint']} | {r['test_set']} | {r['n']} | {r['auc']:.4f} | {r['eer']:.4f} | {r['ap']:.4f} | "
+              f"{100 * r['accuracy']:.1f} % at {r['threshold']:.3f} |")
+    atomic_write_json(args.out_dir / "cross_eval.json", rows)
+    names = list(dict.fromkeys(r["test_set"] for r in rows))
+    plot_heatmap(rows, [label(c) for c in args.checkpoints], names, args.figures_dir / "cross_eval_auc.png")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
