@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common import DEFAULT_ALPHA, DEFAULT_EPS, DEFAULT_PGD_STEPS
-from utils import Normalization, frozen_eval, model_normalization
+from utils import Normalization, frozen_eval, model_normalization, normalize
 
 ATTACKS = ("fgsm", "pgd", "cw")
 
@@ -28,14 +28,10 @@ class NormalizedModel(nn.Module):
     def __init__(self, model: nn.Module, norm: Normalization | None = None):
         super().__init__()
         self.model = model
-        norm = norm or model_normalization(model)
-        self.mean = torch.as_tensor(norm.mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.as_tensor(norm.std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.norm = norm or model_normalization(model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mean.device != x.device:  # moved once, on the first batch
-            self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
-        return self.model((x - self.mean) / self.std)
+        return self.model(normalize(x, self.norm))
 
 
 def _input_gradient(net: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

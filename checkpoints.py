@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils import ASSIGNMENT_NORM, Normalization, UserError, atomic_torch_save, resolve_input_path
+from utils import Normalization, UserError, atomic_torch_save, resolve_input_path
 
 FORMAT = "fmd-checkpoint-v2"
 DEFAULT_THRESHOLD = 0.5
@@ -92,7 +92,7 @@ def checkpoint_model_name(ckpt: dict, path: str | Path, expected: str | None, ad
 
 def checkpoint_normalization(ckpt: dict) -> Normalization:
     """The input normalisation saved with the model (the assignment's 0.5 for older checkpoints)."""
-    return Normalization.from_dict(ckpt.get("normalization")) if ckpt.get("normalization") else ASSIGNMENT_NORM
+    return Normalization.from_dict(ckpt.get("normalization"))
 
 
 def checkpoint_threshold(ckpt: dict) -> tuple[float, str]:

@@ -408,8 +408,7 @@ class Trainer:
             raise UserError(f"--resume: {paths['last']} does not fit this model or optimizer ({str(err).splitlines()[0]})") from err
         self.scaler.load_state_dict(ckpt.get("scaler", {}))
         saved_lr = ckpt["record"].get("config", {}).get("lr")
-        self.base_lrs = [group.get("initial_lr", group["lr"]) for group in self.optimizer.param_groups]
-        if saved_lr is not None:
+        if saved_lr is not None:  # the schedule continues from the run's own base lr
             self.base_lrs = [saved_lr] * len(self.optimizer.param_groups)
             if self.run_config.get("lr") not in (None, saved_lr):
                 print(f"note: --resume keeps the checkpoint's lr {saved_lr} (and its optimizer state); "
