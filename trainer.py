@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import random
 import shutil
 import time
 import uuid
@@ -43,6 +42,7 @@ from utils import (
     model_normalization,
     normalize,
     remove_stale_temp_files,
+    set_seed,
 )
 
 HISTORY_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
@@ -91,13 +91,6 @@ def class_balance_weights(labels: list[int]) -> list[float]:
     """Per-sample weights that make both classes equally likely to be drawn (1 / count of its class)."""
     counts = {c: labels.count(c) for c in set(labels)}
     return [1.0 / counts[y] for y in labels]
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (used per epoch, with seed + epoch)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 @contextlib.contextmanager
@@ -291,16 +284,16 @@ class Trainer:
                 if params and not any(p.requires_grad for p in params):
                     module.eval()
 
-    def _set_lr(self) -> float:
+    def _set_lr(self) -> None:
+        """This epoch's learning rate: each group's base lr times the schedule's factor."""
         factor = lr_factor(self.epoch, max(self.total_epochs, self.epoch + 1), self.schedule)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * factor
-        return self.optimizer.param_groups[0]["lr"]
 
     def train_one_epoch(self) -> tuple[float, float]:
         """Train for one epoch; returns (average loss over samples, accuracy in percent)."""
         self._train_mode()
-        seed_everything(self.seed + self.epoch)  # dropout, augmentation and attacks draw the same numbers after --resume
+        set_seed(self.seed + self.epoch)  # dropout, augmentation and attacks draw the same numbers after --resume
         self._shuffle.manual_seed(self.seed + self.epoch)  # the same shuffle (and worker seeds) per epoch
         self._set_lr()
         total, clean, adv = MetricAccumulator(), MetricAccumulator(), MetricAccumulator()
