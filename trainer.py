@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import random
 import shutil
 import time
 import uuid
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, WeightedRandomSampler
 from tqdm import tqdm
 
 from attacks import attack_batch
@@ -91,6 +92,45 @@ def class_balance_weights(labels: list[int]) -> list[float]:
     """Per-sample weights that make both classes equally likely to be drawn (1 / count of its class)."""
     counts = {c: labels.count(c) for c in set(labels)}
     return [1.0 / counts[y] for y in labels]
+
+
+class SeededSampler(Sampler):
+    """Wraps a sampler so each index comes with a seed drawn in the main process from the epoch's generator: random
+    transforms then draw the same numbers whatever the number of DataLoader workers (see SeededDataset)."""
+
+    def __init__(self, sampler: Sampler, generator: torch.Generator):
+        self.sampler, self.generator = sampler, generator
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for index in self.sampler:
+            yield int(index), int(torch.randint(2**62, (1,), generator=self.generator))
+
+    def __len__(self) -> int:
+        return len(self.sampler)  # type: ignore[arg-type]
+
+
+class SeededDataset(Dataset):
+    """Loads item (index, seed) with python, numpy and torch seeded by `seed` inside a saved-and-restored RNG state, so
+    the process's own random streams (dropout, attacks) are left as they were."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, item: tuple[int, int]) -> Any:
+        index, seed = item
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            torch.manual_seed(seed)
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
 
 
 @contextlib.contextmanager
@@ -249,16 +289,23 @@ class Trainer:
 
     # ---- data -------------------------------------------------------------------------------------------------
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        """The training loader draws its order and a seed per sample from the epoch's generator (SeededSampler), so
+        shuffles and random transforms are the same for any --num-workers and after --resume."""
         key = id(dataset)
         if key not in self._loaders:
-            generator = self._shuffle if shuffle else None
-            sampler = None
-            if shuffle and self.balanced_sampler:
+            if not shuffle:
+                self._loaders[key] = make_loader(dataset, self.batch_size, False, self.device, self.num_workers)
+                return self._loaders[key]
+            if self.balanced_sampler:
                 weights = class_balance_weights(dataset_labels(dataset))
-                sampler = WeightedRandomSampler(weights, len(weights), replacement=True, generator=self._shuffle)
-            drop_last = shuffle and len(dataset) % self.batch_size == 1 and len(dataset) > 1  # type: ignore[arg-type]
-            self._loaders[key] = make_loader(dataset, self.batch_size, shuffle, self.device, self.num_workers, generator,
-                                             sampler, drop_last)
+                order: Sampler = WeightedRandomSampler(weights, len(weights), replacement=True, generator=self._shuffle)
+            else:
+                order = RandomSampler(dataset, generator=self._shuffle)  # type: ignore[arg-type]
+            drop_last = len(dataset) % self.batch_size == 1 and len(dataset) > 1  # type: ignore[arg-type]
+            # the loader's own generator only seeds its workers, which no longer matters: every sample carries its seed;
+            # it must not be the epoch's, which a single-process loader would draw from once more per epoch
+            self._loaders[key] = make_loader(SeededDataset(dataset), self.batch_size, True, self.device, self.num_workers,
+                                             torch.Generator(), SeededSampler(order, self._shuffle), drop_last)
         return self._loaders[key]
 
     def _bar(self, loader: DataLoader, desc: str) -> Any:

@@ -222,3 +222,30 @@ def test_resume_refuses_another_image_size(demo_root, tmp_path):
     proc = subprocess.run([sys.executable, "train_main.py", *argv, "-e", "2", "--image-size", "56", "--resume"], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "was trained at --image-size 64, not 56" in proc.stderr and "Traceback" not in proc.stderr
+
+
+class NoisyToy(torch.utils.data.Dataset):
+    """The separable toy set with a random per-sample perturbation, like an augmenting transform."""
+
+    def __init__(self):
+        self.data = separable_toy_set(40)
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        x, y = self.data[i]
+        return x + 0.3 * torch.randn_like(x), y
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_results_do_not_depend_on_the_number_of_workers(tmp_path, workers):
+    def run(n):
+        torch.manual_seed(0)
+        model = DropoutNet()
+        trainer = Trainer(model, torch.optim.Adam(model.parameters(), lr=0.05), nn.CrossEntropyLoss(), 8, NoisyToy(),
+                          separable_toy_set(16, seed=1), separable_toy_set(16, seed=2), num_workers=n,
+                          out_dir=tmp_path / str(n), checkpoint_dir=tmp_path / str(n), progress=False)
+        return trainer.run(2, LP)["train_loss"]
+
+    assert run(workers) == run(0)
