@@ -86,3 +86,42 @@ def expected_calibration_error(labels: np.ndarray, fake_scores: np.ndarray, n_bi
 def brier_score(labels: np.ndarray, fake_scores: np.ndarray) -> float:
     """Mean squared error between P(fake) and the label."""
     return float(metrics.brier_score_loss(labels, fake_scores))
+
+
+def youden_threshold(labels: np.ndarray, fake_scores: np.ndarray) -> float:
+    """The threshold maximising Youden's J = TPR - FPR (the ROC point farthest above chance)."""
+    fpr, tpr, thresholds = metrics.roc_curve(labels, fake_scores)
+    return float(min(thresholds[int(np.argmax(tpr - fpr))], 1.0))
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=float), 1e-7, 1 - 1e-7)
+    return np.log(p) - np.log1p(-p)
+
+
+def fit_temperature(labels: np.ndarray, fake_scores: np.ndarray) -> float:
+    """Temperature scaling (Guo et al., 2017): the T > 0 that minimises the NLL of sigmoid(logit(p) / T) on these
+    (validation) scores. With two outputs, logit(P(fake)) is the difference of the model's logits."""
+    from scipy.optimize import minimize_scalar
+
+    z, y = _logit(fake_scores), np.asarray(labels, dtype=float)
+
+    def nll(log_t: float) -> float:
+        q = np.clip(1 / (1 + np.exp(-z / np.exp(log_t))), 1e-12, 1 - 1e-12)
+        return float(-(y * np.log(q) + (1 - y) * np.log(1 - q)).mean())
+
+    return float(np.exp(minimize_scalar(nll, bounds=(-5, 5), method="bounded").x))
+
+
+def apply_temperature(fake_scores: np.ndarray, temperature: float) -> np.ndarray:
+    """P(fake) after dividing the logits by `temperature` (ranking, hence AUC, is unchanged)."""
+    return 1 / (1 + np.exp(-_logit(fake_scores) / temperature))
+
+
+def reliability_bins(labels: np.ndarray, fake_scores: np.ndarray, n_bins: int = 15) -> list[dict]:
+    """Per equal-width score bin: its centre, count, mean P(fake) and the observed share of fakes (for the diagram)."""
+    labels, fake_scores = np.asarray(labels, dtype=float), np.asarray(fake_scores, dtype=float)
+    bins = np.minimum((fake_scores * n_bins).astype(int), n_bins - 1)
+    return [{"centre": (b + 0.5) / n_bins, "count": int((bins == b).sum()),
+             "mean_score": float(fake_scores[bins == b].mean()), "fake_share": float(labels[bins == b].mean())}
+            for b in range(n_bins) if (bins == b).any()]

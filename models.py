@@ -198,6 +198,7 @@ def load_model_from_checkpoint(
     name = checkpoint_model_name(ckpt, path, expected_model)
     kwargs = {k: v for k, v in dict(ckpt.get("model_kwargs", {})).items() if k in ("image_size",)}
     model = load_weights(build_model(name, pretrained=False, **kwargs), ckpt, path, name)  # sets its normalisation
+    model.image_size = checkpoint_image_size(ckpt)
     return model.to(device).eval(), ckpt
 
 

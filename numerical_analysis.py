@@ -19,7 +19,17 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from metrics import bootstrap_intervals, compute_metrics, equal_error_rate
+from faces_dataset import load_dataset
+from metrics import (
+    apply_temperature,
+    bootstrap_intervals,
+    compute_metrics,
+    equal_error_rate,
+    expected_calibration_error,
+    fit_temperature,
+    reliability_bins,
+    youden_threshold,
+)
 from models import MODEL_NAMES, load_analysis_inputs
 from utils import (
     UserError,
@@ -27,6 +37,7 @@ from utils import (
     atomic_write_json,
     cli_main,
     make_loader,
+    model_normalization,
     new_figure,
     positive_int,
     save_figure,
@@ -71,10 +82,39 @@ def plot_roc_and_det(labels: np.ndarray, scores: dict[str, np.ndarray], title: s
     save_figure(fig, det_path)
 
 
+def plot_reliability(bins: dict[str, list[dict]], title: str, path: Path) -> Path:
+    """Observed share of fakes against mean P(fake) per score bin (the diagonal is perfect calibration)."""
+    fig, ax = new_figure(figsize=(5.4, 5.2))
+    ax.plot([0, 1], [0, 1], "k:", lw=1, label="perfectly calibrated")
+    for name, rows in bins.items():
+        ax.plot([r["mean_score"] for r in rows], [r["fake_share"] for r in rows], "o-", label=name)
+    ax.set_xlabel("mean P(fake) in the bin")
+    ax.set_ylabel("share of fakes in the bin")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    return save_figure(fig, path)
+
+
+def threshold_arg(text: str) -> str | float:
+    """--threshold: a probability, or 'val-eer' / 'val-youden' (chosen on the validation split)."""
+    if text in ("val-eer", "val-youden"):
+        return text
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be val-eer, val-youden or a probability in [0, 1], got {text}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_analysis_args(p, MODEL_NAMES)
-    p.add_argument("--threshold", type=float, default=0.5, help="fake-score threshold for accuracy (default: %(default)s)")
+    p.add_argument("--threshold", type=threshold_arg, default="val-eer", help="second operating point, beside 0.5: "
+                   "val-eer, val-youden (both chosen on the validation split) or a probability (default: %(default)s)")
+    p.add_argument("--calibrate", action="store_true", help="fit temperature scaling on the validation split and "
+                   "report the calibration error before and after")
     p.add_argument("--bootstrap", type=positive_int, default=1000, help="bootstrap resamples for the 95%% intervals "
                    "of AUC and EER (default: %(default)s)")
     return p.parse_args(argv)
@@ -89,27 +129,46 @@ def main(argv: list[str] | None = None) -> dict:
                                                                        not args.no_progress, args.num_workers)
     if len(np.unique(labels)) < 2:
         raise UserError("the test set holds only one class; ROC/DET need real and fake images")
-    result = compute_metrics(labels, fake_scores, args.threshold)
+    result = compute_metrics(labels, fake_scores, 0.5)
     result["auc_group_a_real_score"] = float(metrics.roc_auc_score(labels, real_scores))
-    # the test split's class ratio may differ from training's: also report accuracy at the threshold chosen on the
-    # validation split (the EER threshold the checkpoint stores), and bootstrap intervals of AUC and EER
-    value, source = model.decision_threshold
+    # the test split's class ratio may differ from training's: also report accuracy at a threshold chosen on the
+    # validation split (by default the EER threshold the checkpoint stores), and bootstrap intervals of AUC and EER
+    val_scores = val_labels = None
+    if args.threshold == "val-youden" or args.calibrate:
+        val = load_dataset(args.dataset, "val", args.data_root, model.image_size, args.limit, model_normalization(model))
+        _, val_scores, val_labels = get_soft_scores_and_true_labels(val, model, args.batch_size, device,
+                                                                    not args.no_progress, args.num_workers)
+    if args.threshold == "val-eer":
+        value, source = model.decision_threshold
+    elif args.threshold == "val-youden":
+        value, source = youden_threshold(val_labels, val_scores), "validation Youden J"
+    else:
+        value, source = float(args.threshold), "--threshold"
     at_val = compute_metrics(labels, fake_scores, value)
     result.update(val_threshold=value, val_threshold_source=source, accuracy_at_val_threshold=at_val["accuracy"],
                   balanced_accuracy_at_val_threshold=at_val["balanced_accuracy"],
                   ci95=bootstrap_intervals(labels, fake_scores, args.bootstrap, args.seed))
+    bins = {"as trained": reliability_bins(labels, fake_scores)}
+    if args.calibrate:
+        temperature = fit_temperature(val_labels, val_scores)
+        calibrated = apply_temperature(fake_scores, temperature)
+        result.update(temperature=temperature, ece_calibrated=expected_calibration_error(labels, calibrated))
+        bins[f"temperature {temperature:.2f} (fitted on val)"] = reliability_bins(labels, calibrated)
     result.update(model=args.model, dataset=args.dataset, checkpoint=str(args.checkpoint_path))
     prefix = f"{args.dataset}_{args.model}"
     plot_roc_and_det(
         labels, {name: (real_scores, fake_scores)[i] for name, i in SCORE_GROUPS.items()}, f"{args.model} on {args.dataset}",
         args.figures_dir / f"{prefix}_roc_curve.png", args.figures_dir / f"{prefix}_det_curve.png",
     )
+    plot_reliability(bins, f"Reliability: {args.model} on {args.dataset} (ECE {result['ece']:.3f})",
+                     args.figures_dir / f"{prefix}_reliability.png")
     atomic_write_json(args.figures_dir / f"{prefix}_metrics.json", result)
     ci = result["ci95"]
     print(f"AUC (group B, fake score): {result['auc']:.4f} (95% CI {ci['auc'][0]:.3f}-{ci['auc'][1]:.3f})   "
           f"AUC (group A, real score): {result['auc_group_a_real_score']:.4f}")
-    print(f"accuracy {100 * result['accuracy']:.2f}% at {args.threshold}, {100 * result['accuracy_at_val_threshold']:.2f}% "
-          f"at {value:.3f} ({source})")
+    print(f"accuracy {100 * result['accuracy']:.2f}% at 0.5, {100 * result['accuracy_at_val_threshold']:.2f}% "
+          f"at {value:.3f} ({source}); ECE {result['ece']:.4f}, Brier {result['brier']:.4f}"
+          + (f", ECE after temperature scaling {result['ece_calibrated']:.4f}" if args.calibrate else ""))
     print(json.dumps({k: v for k, v in result.items() if k not in ("model", "dataset", "checkpoint")}, indent=2))
     return result
 

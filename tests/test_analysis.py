@@ -133,6 +133,9 @@ def test_scripts_write_their_figures(trained, demo_root, tmp_path):
 
     saved = read_checkpoint(trained)["threshold"]
     assert result["val_threshold"] == pytest.approx(saved["value"]) and result["val_threshold_source"] == "validation EER"
+    youden = numerical_analysis.main(args + ["--threshold", "val-youden", "--calibrate", "--bootstrap", "20"])
+    assert youden["val_threshold_source"] == "validation Youden J" and youden["temperature"] > 0
+    assert 0 <= youden["ece_calibrated"] <= 1 and youden["auc"] == result["auc"]
     assert json.loads((tmp_path / "fakes_dataset_SimpleNet_metrics.json").read_text())["auc"] == result["auc"]
     saliency_map.main(args + ["--n-pairs", "4"])
     grad_cam_analysis.main(args + ["--n", "2"])
@@ -140,7 +143,7 @@ def test_scripts_write_their_figures(trained, demo_root, tmp_path):
     names = {p.name for p in tmp_path.glob("*.png")}
     assert names == {
         f"fakes_dataset_SimpleNet_{k}.png" for k in (
-            "roc_curve", "det_curve", "saliency_maps_and_images_pairs", "mean_saliency_maps",
+            "roc_curve", "det_curve", "reliability", "saliency_maps_and_images_pairs", "mean_saliency_maps",
             "Real_Image_grad_cam", "Fake_Image_grad_cam", "Real_Image_gradcam_plus_plus", "Fake_Image_gradcam_plus_plus",
         )
     }

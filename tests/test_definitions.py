@@ -209,3 +209,19 @@ def test_calibration_error_and_brier_on_hand_made_scores():
     assert expected_calibration_error(y, np.full(100, 0.75)) == pytest.approx(0.0)  # calibrated
     assert expected_calibration_error(y, np.full(100, 0.95)) == pytest.approx(0.20)  # over-confident by 0.2
     assert brier_score(y, np.full(100, 0.75)) == pytest.approx(0.75 * 0.25**2 + 0.25 * 0.75**2)
+
+
+def test_temperature_scaling_lowers_the_calibration_error_of_an_overconfident_model():
+    from metrics import apply_temperature, expected_calibration_error, fit_temperature, youden_threshold
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 4000)
+    true_logit = (2 * y - 1) * 1.0 + rng.normal(0, 1.5, 4000)  # calibrated logits ...
+    overconfident = 1 / (1 + np.exp(-3 * true_logit))  # ... multiplied by 3
+    val, test = slice(0, 2000), slice(2000, 4000)
+    t = fit_temperature(y[val], overconfident[val])
+    assert 2.5 < t < 3.5  # recovers the factor
+    before = expected_calibration_error(y[test], overconfident[test])
+    after = expected_calibration_error(y[test], apply_temperature(overconfident[test], t))
+    assert after < before / 3
+    assert youden_threshold(np.array([0, 0, 1, 1]), np.array([0.1, 0.3, 0.6, 0.9])) == pytest.approx(0.6)
