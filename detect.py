@@ -332,7 +332,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=positive_int, default=32, help="face crops per model batch (default: %(default)s)")
     p.add_argument("--detect-batch", type=positive_int, default=8, help="frames per MTCNN batch (default: %(default)s)")
     p.add_argument("--extractor", choices=("auto", "ffmpeg", "opencv"), default="auto",
-                   help="frame reader for --fps (default: ffmpeg when on PATH)")
+                   help="video decoder (default: ffmpeg when on PATH, else OpenCV)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
@@ -356,7 +356,7 @@ def detect_file(path: Path, args: argparse.Namespace, detector: FaceDetector, sc
             read, _ = frame_reader(args.extractor)
             frames = read(path, args.fps, 10**6)
         else:
-            frames = sample_frames(path, args.frames)
+            frames = sample_frames(path, args.frames, args.extractor)
         frames = tqdm(frames, desc=path.name, unit="frame", leave=False, disable=args.no_progress)
     else:
         frames = iter([(0, 0.0, load_rgb(path))])

@@ -175,3 +175,14 @@ def test_a_720p_frame_is_detected_shrunk_and_boxed_in_full_resolution(media, che
     (result,) = detect.main([str(tmp_path / "wide.png"), "-cpp", str(checkpoint), "--no-progress"])
     shifted = (FACE[0] + 600, FACE[1] + 150, FACE[2] + 600, FACE[3] + 150)
     assert len(result.faces) == 1 and overlap(result.faces[0].box, shifted) > 0.9
+
+
+@pytest.mark.skipif(__import__("shutil").which("ffmpeg") is None, reason="ffmpeg not on PATH (OpenCV decodes instead)")
+def test_ffmpeg_and_opencv_sample_the_same_frames(media):
+    from face_detection import sample_frames
+
+    by_ffmpeg = list(sample_frames(media / "clip.mp4", 5, "ffmpeg"))
+    by_opencv = list(sample_frames(media / "clip.mp4", 5, "opencv"))
+    assert [f[0] for f in by_ffmpeg] == [f[0] for f in by_opencv] == [2, 6, 10, 14, 18]
+    for (_, t1, a), (_, t2, b) in zip(by_ffmpeg, by_opencv):
+        assert t1 == t2 and np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).mean() < 2
