@@ -71,9 +71,9 @@ else
   DEMO=1
   if [ ! -d "$ROOT/fakes_dataset" ] || [ ! -d "$ROOT/synthetic_dataset" ]; then
     if [ "$QUICK" = "1" ]; then
-      step "generate demo data (quick)" "$PY" tools/make_demo_dataset.py --out-dir "$ROOT" --size 96 --train 240 --val 60 --test 60
+      step "generate demo data (quick)" "$PY" tools/make_demo_dataset.py --out-dir "$ROOT" --size 96 --train 240 --val 60 --test 60 --no-progress
     else
-      step "generate demo data" "$PY" tools/make_demo_dataset.py --out-dir "$ROOT"
+      step "generate demo data" "$PY" tools/make_demo_dataset.py --out-dir "$ROOT" --no-progress
     fi
   fi
   [ -f "$ROOT/DEMO_DATA.txt" ] || DEMO=0
