@@ -224,12 +224,18 @@ def load_dataset(
     limit: int | None = None,
     norm: Normalization = ASSIGNMENT_NORM,
     augment: bool = False,
+    pixel_transform: Callable[[Image.Image], Image.Image] | None = None,
 ) -> Dataset:
-    """One split with the assignment's transforms for `norm` (flip on the train split; `augment` adds the recipe)."""
+    """One split with the assignment's transforms for `norm` (flip on the train split; `augment` adds the recipe).
+
+    pixel_transform, when given, alters each RGB image before the model's transform (e.g. a JPEG re-compression).
+    """
     path = dataset_dir(dataset_name, dataset_part, data_root)
     train = dataset_part == "train"
-    dataset = FacesDataset(path, transform=get_transforms(train, image_size, norm, augment and train))
-    return evenly_spaced_subset(dataset, limit)
+    transform = get_transforms(train, image_size, norm, augment and train)
+    if pixel_transform is not None:
+        transform = transforms.Compose([pixel_transform, transform])
+    return evenly_spaced_subset(FacesDataset(path, transform=transform), limit)
 
 
 def dataset_labels(dataset: Dataset) -> list[int]:
@@ -241,3 +247,43 @@ def dataset_labels(dataset: Dataset) -> list[int]:
     if labels is None:
         raise TypeError(f"{type(dataset).__name__} does not expose .labels")
     return list(labels)
+
+
+# ---- everyday distortions, in pixel space (robustness_analysis.py --corruptions) ------------------------------------
+CORRUPTIONS: dict[str, tuple[float, ...]] = {
+    "jpeg": (95, 75, 50, 30, 10),  # JPEG quality
+    "blur": (0.5, 1, 2, 3),  # Gaussian blur sigma, pixels
+    "noise": (2, 5, 10, 20),  # Gaussian noise sigma, grey levels of 255
+    "resize": (0.75, 0.5, 0.25),  # down-scaling factor, then back up
+}
+
+
+class Corruption:
+    """One distortion at one severity, as a picklable PIL -> PIL callable (DataLoader workers copy it).
+
+    Noise is seeded from the image's own pixels, so every run and every worker adds the same noise to the same image.
+    """
+
+    def __init__(self, family: str, severity: float):
+        if family not in CORRUPTIONS:
+            raise UserError(f"unknown corruption {family!r}; choose from {', '.join(CORRUPTIONS)}")
+        self.family, self.severity = family, severity
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        import io
+
+        from PIL import ImageFilter
+
+        if self.family == "jpeg":
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=int(self.severity))
+            return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+        if self.family == "blur":
+            return image.filter(ImageFilter.GaussianBlur(radius=self.severity))
+        if self.family == "noise":
+            pixels = np.asarray(image, dtype=np.float32)
+            rng = np.random.default_rng(int(pixels.sum()) % 2**32)
+            noisy = pixels + rng.normal(0, self.severity, pixels.shape)
+            return Image.fromarray(np.clip(np.round(noisy), 0, 255).astype(np.uint8))
+        small = (max(1, round(image.size[0] * self.severity)), max(1, round(image.size[1] * self.severity)))
+        return image.resize(small, Image.BICUBIC).resize(image.size, Image.BICUBIC)

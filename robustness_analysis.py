@@ -5,6 +5,12 @@ and Carlini-Wagner L2 success rate and perturbation size on a small subset of fa
     python robustness_analysis.py -m SimpleNet -cpp checkpoints/fakes_dataset_SimpleNet_Adam_advpgd.pt \
         -d fakes_dataset --tag advpgd --overlay figures/fakes_dataset_SimpleNet_robustness.json
 
+Everyday distortions instead of (or beside) the attacks: --corruptions jpeg,blur,noise,resize scores the test split
+under JPEG quality 95/75/50/30/10, Gaussian blur sigma 0.5/1/2/3, Gaussian noise sigma 2/5/10/20 grey levels and
+down-then-up scaling 0.75/0.5/0.25, applied to the pixels before the model's own transform (--attacks none skips the
+attacks); ..._corruption_curves.png draws AUC and accuracy per family, with --overlay runs for comparison (e.g. a
+model trained with --augment).
+
 Budgets (--epsilons) are L-inf in grey levels of 255 (8 means 8/255 on the [0,1] scale). Writes, under figures/,
 <dataset>_<model>[_<tag>]_robustness.json, ..._robustness_curves.png (accuracy and AUC vs eps; --overlay adds the
 curves of other runs' JSON for comparison) and ..._adversarial_examples.png (clean / PGD / amplified perturbation).
@@ -23,7 +29,7 @@ from tqdm import tqdm
 
 from attacks import attack_batch, cw_attack
 from common import DEFAULT_PGD_STEPS, ROBUSTNESS_EPSILONS
-from faces_dataset import dataset_labels
+from faces_dataset import CORRUPTIONS, Corruption, dataset_labels, load_dataset
 from models import MODEL_NAMES, load_analysis_inputs
 from utils import (
     UserError,
@@ -100,7 +106,7 @@ def plot_curves(result: dict, overlays: list[dict], title: str, path: Path) -> P
     fig, axes = new_figure(1, 2, figsize=(11, 4.2))
     for run, style in [(result, "-o")] + [(o, "--s") for o in overlays]:
         label = run.get("tag") or "plain"
-        for attack, rows in run["attacks"].items():
+        for attack, rows in run.get("attacks", {}).items():
             eps = [r["eps_255"] for r in rows]
             axes[0].plot(eps, [r["accuracy"] for r in rows], style, label=f"{attack.upper()} ({label})")
             axes[1].plot(eps, [r["auc"] if r["auc"] is not None else np.nan for r in rows], style, label=f"{attack.upper()} ({label})")
@@ -112,6 +118,64 @@ def plot_curves(result: dict, overlays: list[dict], title: str, path: Path) -> P
         ax.legend(fontsize=8)
     axes[0].axhline(50, color="grey", lw=0.8, ls=":")
     axes[1].axhline(0.5, color="grey", lw=0.8, ls=":")
+    fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def corruption_list(text: str) -> list[str]:
+    """--corruptions: a comma-separated subset of the families."""
+    families = [f.strip() for f in text.split(",") if f.strip()]
+    unknown = [f for f in families if f not in CORRUPTIONS]
+    if unknown or not families:
+        raise argparse.ArgumentTypeError(f"choose from {','.join(CORRUPTIONS)}, got {text}")
+    return families
+
+
+def evaluate_corruptions(model: nn.Module, args: argparse.Namespace, device: torch.device) -> dict[str, list[dict]]:
+    """AUC and accuracy at 0.5 per family and severity, each distortion applied before the model's transform."""
+    from metrics import safe_auc
+
+    results = {}
+    for family in args.corruptions:
+        rows = []
+        for severity in CORRUPTIONS[family]:
+            data = load_dataset(args.dataset, "test", args.data_root, model.image_size, args.limit, model_normalization(model),
+                                pixel_transform=Corruption(family, severity))
+            from numerical_analysis import get_soft_scores_and_true_labels
+
+            _, scores, labels = get_soft_scores_and_true_labels(data, model, args.batch_size, device, not args.no_progress,
+                                                                args.num_workers)
+            rows.append({"severity": severity, "auc": safe_auc(labels, scores),
+                         "accuracy": float(100 * ((scores >= 0.5) == labels).mean())})
+            print(f"{family:6s} {severity:>5g}: accuracy {rows[-1]['accuracy']:6.2f}%  AUC {rows[-1]['auc']}")
+        results[family] = rows
+    return results
+
+
+def plot_corruptions(result: dict, overlays: list[dict], title: str, path: Path) -> Path:
+    """One panel per family: AUC (solid) and accuracy / 100 (dotted) against severity, clean values as a line."""
+    families = list(result["corruptions"])
+    fig, axes = new_figure(1, len(families), figsize=(4.2 * len(families), 4.0), squeeze=False)
+    axis_names = {"jpeg": "JPEG quality (lower is worse)", "blur": "Gaussian blur sigma (px)",
+                  "noise": "Gaussian noise sigma (grey levels)", "resize": "down-scaling factor (lower is worse)"}
+    for ax, family in zip(axes[0], families):
+        for run, marker in [(result, "o")] + [(o, "s") for o in overlays]:
+            rows = run.get("corruptions", {}).get(family)
+            if not rows:
+                continue
+            label = run.get("tag") or "plain"
+            x = [r["severity"] for r in rows]
+            line = ax.plot(x, [r["auc"] if r["auc"] is not None else np.nan for r in rows], f"-{marker}", label=f"AUC ({label})")
+            ax.plot(x, [r["accuracy"] / 100 for r in rows], f":{marker}", color=line[0].get_color(), label=f"accuracy ({label})")
+            if run.get("clean_auc") is not None:
+                ax.axhline(run["clean_auc"], color=line[0].get_color(), lw=0.8, alpha=0.5)
+        if family in ("jpeg", "resize"):
+            ax.invert_xaxis()  # worse to the right, as for the other families
+        ax.set_xlabel(axis_names[family])
+        ax.set_ylim(0.3, 1.0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("AUC / accuracy (thin line: clean AUC)")
     fig.suptitle(title)
     return save_figure(fig, path)
 
@@ -142,7 +206,10 @@ def plot_examples(model: nn.Module, images01: torch.Tensor, labels: torch.Tensor
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_analysis_args(p, MODEL_NAMES)
-    p.add_argument("--attacks", nargs="+", choices=("fgsm", "pgd"), default=["fgsm", "pgd"], help="attacks per budget")
+    p.add_argument("--attacks", nargs="+", choices=("fgsm", "pgd", "none"), default=["fgsm", "pgd"],
+                   help="attacks per budget ('none' skips them, e.g. with --corruptions)")
+    p.add_argument("--corruptions", type=corruption_list, default=[], metavar="jpeg,blur,noise,resize",
+                   help="everyday distortions to score the test split under (default: none)")
     p.add_argument("--epsilons", nargs="+", type=float, default=[e * 255 for e in ROBUSTNESS_EPSILONS],
                    help="L-inf budgets in grey levels of 255 (default: 0 1 2 4 8)")
     p.add_argument("--steps", type=positive_int, default=DEFAULT_PGD_STEPS, help="PGD steps (default: %(default)s)")
@@ -154,6 +221,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tag", default="", help="name of this variant in file names and legends (e.g. advpgd)")
     p.add_argument("--overlay", nargs="*", type=Path, default=[], help="robustness JSON files of other runs to draw too")
     args = p.parse_args(argv)
+    args.attacks = [a for a in args.attacks if a != "none"]
     if any(e < 0 or e > 255 for e in args.epsilons):
         p.error("--epsilons are grey levels in [0, 255], e.g. 0 1 2 4 8")
     return args
@@ -166,7 +234,7 @@ def load_overlays(paths: list[Path]) -> list[dict]:
         if not path.is_file():
             raise UserError(f"--overlay {path} does not exist; run robustness_analysis.py on that checkpoint first")
         records = read_json_list(path)
-        if not records or "attacks" not in records[0]:
+        if not records or ("attacks" not in records[0] and "corruptions" not in records[0]):
             raise UserError(f"{path} is not a robustness JSON written by robustness_analysis.py")
         overlays.append(records[0])
     return overlays
@@ -194,9 +262,24 @@ def main(argv: list[str] | None = None) -> dict:
 
     labels = np.asarray(dataset_labels(test_dataset))
     fake_subset = Subset(test_dataset, np.flatnonzero(labels == 1).tolist())
-    if args.cw_samples > 0 and len(fake_subset):
+    if args.attacks and args.cw_samples > 0 and len(fake_subset):
         images, y = sample_batch(fake_subset, min(args.cw_samples, len(fake_subset)), args.seed)
         result["cw"] = cw_summary(model, denormalize(images.to(device), norm), y.to(device), args.cw_steps, args.cw_search)
+    if args.corruptions:
+        from metrics import safe_auc
+        from numerical_analysis import get_soft_scores_and_true_labels
+
+        _, clean_scores, clean_labels = get_soft_scores_and_true_labels(test_dataset, model, args.batch_size, device,
+                                                                        not args.no_progress, args.num_workers)
+        distorted = {"model": args.model, "dataset": args.dataset, "checkpoint": str(args.checkpoint_path),
+                     "tag": args.tag, "n_test": len(test_dataset), "clean_auc": safe_auc(clean_labels, clean_scores),
+                     "corruptions": evaluate_corruptions(model, args, device)}
+        atomic_write_json(args.figures_dir / f"{name}_corruptions.json", [distorted])
+        plot_corruptions(distorted, overlays, f"{args.model} on {args.dataset}" + (f" ({args.tag})" if args.tag else "")
+                         + ": everyday distortions", args.figures_dir / f"{name}_corruption_curves.png")
+        result["corruptions"] = distorted["corruptions"]
+    if not args.attacks:
+        return result
         print(f"C&W L2 on {result['cw']['n_images']} fakes: success {result['cw']['success_rate']}%, "
               f"median L2 {result['cw']['median_l2']}")
 
