@@ -84,10 +84,11 @@ echo "data: $ROOT$([ "$DEMO" = 1 ] && echo ' (built-in synthetic demo data)')"
 # Beyond the assignment's own steps (which run at its settings), the extra models and the adversarial steps are
 # budgeted for a 2-core CPU on real data: robustness on 400 test images, adversarial training on 2,000 train images.
 if [ "$QUICK" = "1" ]; then
-  # 240 training images at 96 px for 6 epochs: enough for SimpleNet and the bonus model to beat the majority class
-  # (measured on the quick demo data: 86.7 % test accuracy each on fakes_dataset, where 60 % are fakes)
+  # 240 training images at 96 px for 10 epochs: enough for SimpleNet and the bonus model to beat the majority class
+  # (measured on the quick demo data's fakes_dataset, where 60 % are fakes, seeds 42 / 7: SimpleNet 91.7 / 96.7 % test
+  # accuracy, the bonus model 83.3 / 76.7 %; at 6 epochs SimpleNet sometimes had not started to learn)
   SIZE=${IMAGE_SIZE:-96}; LSIZE=${IMAGE_SIZE:-96}; LIMIT=(--limit 240); XLIMIT=(--limit 24); ADV_LIMIT=(--limit 120)
-  LITE_LIMIT=(--limit 64); E_SIMPLE=6; E_XCEPTION=1; E_BONUS=6; E_ADV=2; ADV_STEPS=2; E_LITE_SYN=1; E_LITE_FAKES=1
+  LITE_LIMIT=(--limit 64); E_SIMPLE=10; E_XCEPTION=1; E_BONUS=10; E_ADV=2; ADV_STEPS=2; E_LITE_SYN=1; E_LITE_FAKES=1
   ROBUST=(--epsilons 0 2 8 --steps 3 --cw-samples 2 --cw-steps 10 --cw-search 2 --limit 32)
 else
   SIZE=${IMAGE_SIZE:-256}; LSIZE=${IMAGE_SIZE:-224}; LIMIT=(); XLIMIT=(); LITE_LIMIT=()
