@@ -114,19 +114,24 @@ def frames_opencv(path: Path, fps: float, max_frames: int) -> Iterator[Frame]:
         raise OSError("no frame could be decoded")
 
 
-def frames_ffmpeg(path: Path, fps: float, max_frames: int) -> Iterator[Frame]:
-    """Like frames_opencv, through the ffmpeg binary (frame index counts the sampled frames; timestamp = k / fps)."""
+def ffmpeg_images(path: Path, options: list[str]) -> Iterator[Image.Image]:
+    """The RGB frames the ffmpeg binary writes for `options` (its filter and frame flags), in order."""
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = ["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-vf", f"fps={fps}", "-frames:v", str(max_frames),
-               str(Path(tmp) / "f%06d.png")]
+        cmd = ["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), *options, str(Path(tmp) / "f%06d.png")]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         files = sorted(Path(tmp).glob("f*.png"))
         if proc.returncode != 0 or not files:
             last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no frames"
             raise OSError(f"ffmpeg could not read it: {last}")
-        for k, file in enumerate(files):
+        for file in files:
             with Image.open(file) as img:
-                yield k, k / fps, img.convert("RGB")
+                yield img.convert("RGB")
+
+
+def frames_ffmpeg(path: Path, fps: float, max_frames: int) -> Iterator[Frame]:
+    """Like frames_opencv, through the ffmpeg binary (frame index counts the sampled frames; timestamp = k / fps)."""
+    for k, image in enumerate(ffmpeg_images(path, ["-vf", f"fps={fps}", "-frames:v", str(max_frames)])):
+        yield k, k / fps, image
 
 
 def video_info(path: Path) -> tuple[int, float]:
@@ -165,17 +170,8 @@ def sample_frames_ffmpeg(path: Path, n: int) -> Iterator[Frame]:
         raise OSError("the video reports no frames")
     indices = evenly_spaced_indices(total, n)
     select = "+".join(f"eq(n\\,{i})" for i in indices)
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = ["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-vf", f"select={select}", "-vsync", "0",
-               str(Path(tmp) / "f%06d.png")]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        files = sorted(Path(tmp).glob("f*.png"))
-        if proc.returncode != 0 or not files:
-            last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no frames"
-            raise OSError(f"ffmpeg could not read it: {last}")
-        for index, file in zip(indices, files):
-            with Image.open(file) as img:
-                yield index, index / native, img.convert("RGB")
+    for index, image in zip(indices, ffmpeg_images(path, ["-vf", f"select={select}", "-vsync", "0"])):
+        yield index, index / native, image
 
 
 def sample_frames_opencv(path: Path, n: int) -> Iterator[Frame]:
