@@ -30,7 +30,9 @@ from tqdm import tqdm
 from attacks import attack_batch, cw_attack
 from common import DEFAULT_PGD_STEPS, ROBUSTNESS_EPSILONS
 from faces_dataset import CORRUPTIONS, Corruption, dataset_labels, load_dataset
+from metrics import safe_auc
 from models import MODEL_NAMES, load_analysis_inputs
+from numerical_analysis import get_soft_scores_and_true_labels
 from utils import (
     UserError,
     add_analysis_args,
@@ -133,16 +135,12 @@ def corruption_list(text: str) -> list[str]:
 
 def evaluate_corruptions(model: nn.Module, args: argparse.Namespace, device: torch.device) -> dict[str, list[dict]]:
     """AUC and accuracy at 0.5 per family and severity, each distortion applied before the model's transform."""
-    from metrics import safe_auc
-
     results = {}
     for family in args.corruptions:
         rows = []
         for severity in CORRUPTIONS[family]:
             data = load_dataset(args.dataset, "test", args.data_root, model.image_size, args.limit, model_normalization(model),
                                 pixel_transform=Corruption(family, severity))
-            from numerical_analysis import get_soft_scores_and_true_labels
-
             _, scores, labels = get_soft_scores_and_true_labels(data, model, args.batch_size, device, not args.no_progress,
                                                                 args.num_workers)
             rows.append({"severity": severity, "auc": safe_auc(labels, scores),
@@ -266,9 +264,6 @@ def main(argv: list[str] | None = None) -> dict:
         images, y = sample_batch(fake_subset, min(args.cw_samples, len(fake_subset)), args.seed)
         result["cw"] = cw_summary(model, denormalize(images.to(device), norm), y.to(device), args.cw_steps, args.cw_search)
     if args.corruptions:
-        from metrics import safe_auc
-        from numerical_analysis import get_soft_scores_and_true_labels
-
         _, clean_scores, clean_labels = get_soft_scores_and_true_labels(test_dataset, model, args.batch_size, device,
                                                                         not args.no_progress, args.num_workers)
         distorted = {"model": args.model, "dataset": args.dataset, "checkpoint": str(args.checkpoint_path),
