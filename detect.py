@@ -44,6 +44,7 @@ from face_detection import (
     square_box,
 )
 from faces_dataset import DatasetError, get_transforms, load_rgb
+from metrics import AGGREGATES, aggregate
 from models import MODEL_NAMES, checkpoint_image_size, load_model_from_checkpoint
 from utils import (
     UserError,
@@ -55,10 +56,6 @@ from utils import (
     positive_int,
     writable_dir,
 )
-
-AGGREGATES = ("mean", "confident")
-# the DFDC winner's confident strategy (selimsef, 2020): >0.8 is confidently fake, <0.2 confidently real
-CONFIDENT_FAKE, CONFIDENT_REAL, MIN_CONFIDENT_FRAMES, CONFIDENT_SHARE, REAL_SHARE = 0.8, 0.2, 11, 1 / 2.5, 0.9
 
 
 @dataclass
@@ -87,24 +84,6 @@ class FileResult:
     def summary(self) -> dict:
         return {"file": self.file, "kind": self.kind, "frames": self.frames, "faces": len(self.faces),
                 "p_fake": self.score, "verdict": self.verdict}
-
-
-def confident_strategy(scores: np.ndarray) -> float:
-    """The DFDC winner's video score: the mean of the confidently fake frames when there are many (more than 11 and
-    more than 40 % of the frames), else the mean of the confidently real ones when they are over 90 %, else the mean."""
-    scores = np.asarray(scores, dtype=float)
-    fakes = scores > CONFIDENT_FAKE
-    if fakes.sum() > MIN_CONFIDENT_FRAMES and fakes.sum() > len(scores) * CONFIDENT_SHARE:
-        return float(scores[fakes].mean())
-    reals = scores < CONFIDENT_REAL
-    if reals.sum() > REAL_SHARE * len(scores):
-        return float(scores[reals].mean())
-    return float(scores.mean())
-
-
-def aggregate(scores: np.ndarray, how: str) -> float:
-    """A video's P(fake) from its frames' scores: 'mean' or 'confident'."""
-    return confident_strategy(scores) if how == "confident" else float(np.mean(scores))
 
 
 def faces_by_frame(faces: list[FaceRow]) -> dict[int, list[FaceRow]]:

@@ -126,6 +126,7 @@ class CatalogDataset(Dataset):
                 f"catalog {self.csv_path} has no labelled rows{which} (run face_preprocess.py with --label-from folder)"
             )
         self.paths = [self._resolve(r["path"]) for r in rows]
+        self._sources = [r.get("source") or r["path"] for r in rows]  # the video (or photo) each crop comes from
         try:
             self._labels = [int(r["label"]) for r in rows]
         except ValueError as err:
@@ -141,6 +142,11 @@ class CatalogDataset(Dataset):
     def labels(self) -> list[int]:
         """Label of every sample in index order."""
         return list(self._labels)
+
+    @property
+    def sources(self) -> list[str]:
+        """Source video (or photo) of every sample in index order, for per-video scores."""
+        return list(self._sources)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -225,28 +231,47 @@ def load_dataset(
     norm: Normalization = ASSIGNMENT_NORM,
     augment: bool = False,
     pixel_transform: Callable[[Image.Image], Image.Image] | None = None,
+    catalog: str | Path | None = None,
 ) -> Dataset:
     """One split with the assignment's transforms for `norm` (flip on the train split; `augment` adds the recipe).
 
     pixel_transform, when given, alters each RGB image before the model's transform (e.g. a JPEG re-compression).
+    catalog, when given, reads the split's rows of that catalog.csv instead of <data_root>/<dataset_name>/<split>.
     """
-    path = dataset_dir(dataset_name, dataset_part, data_root)
     train = dataset_part == "train"
     transform = get_transforms(train, image_size, norm, augment and train)
     if pixel_transform is not None:
         transform = transforms.Compose([pixel_transform, transform])
-    return evenly_spaced_subset(FacesDataset(path, transform=transform), limit)
+    if catalog is not None:
+        return evenly_spaced_subset(CatalogDataset(catalog, transform, split=dataset_part), limit)
+    return evenly_spaced_subset(FacesDataset(dataset_dir(dataset_name, dataset_part, data_root), transform=transform), limit)
+
+
+def catalog_run_name(catalog: str | Path) -> str:
+    """The dataset part of output names for a catalog.csv: 'catalog-<its folder>' (never a -d dataset's files)."""
+    return f"catalog-{Path(catalog).resolve().parent.name}"
+
+
+def _per_sample(dataset: Dataset, attribute: str) -> list | None:
+    """dataset.<attribute> (labels, sources) in index order, through Subsets; None when the dataset has none."""
+    if isinstance(dataset, Subset):
+        parent = _per_sample(dataset.dataset, attribute)
+        return None if parent is None else [parent[i] for i in dataset.indices]
+    values = getattr(dataset, attribute, None)
+    return None if values is None else list(values)
 
 
 def dataset_labels(dataset: Dataset) -> list[int]:
     """Labels of a FacesDataset, CatalogDataset or a Subset of one, without loading any image."""
-    if isinstance(dataset, Subset):
-        parent = dataset_labels(dataset.dataset)
-        return [parent[i] for i in dataset.indices]
-    labels = getattr(dataset, "labels", None)
+    labels = _per_sample(dataset, "labels")
     if labels is None:
         raise TypeError(f"{type(dataset).__name__} does not expose .labels")
-    return list(labels)
+    return labels
+
+
+def dataset_sources(dataset: Dataset) -> list[str] | None:
+    """Source video of every sample of a CatalogDataset (or a Subset of one); None for folder datasets."""
+    return _per_sample(dataset, "sources")
 
 
 # ---- everyday distortions, in pixel space (robustness_analysis.py --corruptions) ------------------------------------

@@ -125,3 +125,46 @@ def reliability_bins(labels: np.ndarray, fake_scores: np.ndarray, n_bins: int = 
     return [{"centre": (b + 0.5) / n_bins, "count": int((bins == b).sum()),
              "mean_score": float(fake_scores[bins == b].mean()), "fake_share": float(labels[bins == b].mean())}
             for b in range(n_bins) if (bins == b).any()]
+
+
+# ---- per video: frame scores -> one score per source video (numerical_analysis.py, detect.py) -----------------------
+AGGREGATES = ("mean", "confident")
+# the DFDC winner's confident strategy (selimsef, 2020): >0.8 is confidently fake, <0.2 confidently real
+CONFIDENT_FAKE, CONFIDENT_REAL, MIN_CONFIDENT_FRAMES, CONFIDENT_SHARE, REAL_SHARE = 0.8, 0.2, 11, 1 / 2.5, 0.9
+
+
+def confident_strategy(scores: np.ndarray) -> float:
+    """The DFDC winner's video score: the mean of the confidently fake frames when there are many (more than 11 and
+    more than 40 % of the frames), else the mean of the confidently real ones when they are over 90 %, else the mean."""
+    scores = np.asarray(scores, dtype=float)
+    fakes = scores > CONFIDENT_FAKE
+    if fakes.sum() > MIN_CONFIDENT_FRAMES and fakes.sum() > len(scores) * CONFIDENT_SHARE:
+        return float(scores[fakes].mean())
+    reals = scores < CONFIDENT_REAL
+    if reals.sum() > REAL_SHARE * len(scores):
+        return float(scores[reals].mean())
+    return float(scores.mean())
+
+
+def aggregate(scores: np.ndarray, how: str) -> float:
+    """A video's P(fake) from its frames' scores: 'mean' or 'confident'."""
+    return confident_strategy(scores) if how == "confident" else float(np.mean(scores))
+
+
+def video_scores(
+    sources: list[str], labels: np.ndarray, fake_scores: np.ndarray, how: str
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(videos, their labels, their aggregated P(fake)) from per-frame scores grouped by source video, in first-seen
+    order. A video whose frames carry two labels is an error: its label would be ambiguous."""
+    labels, fake_scores = np.asarray(labels), np.asarray(fake_scores, dtype=float)
+    frames: dict[str, list[int]] = {}
+    for i, source in enumerate(sources):
+        frames.setdefault(source, []).append(i)
+    videos = list(frames)
+    video_labels = []
+    for video in videos:
+        found = set(labels[frames[video]].tolist())
+        if len(found) > 1:
+            raise ValueError(f"the frames of {video} carry both labels")
+        video_labels.append(found.pop())
+    return videos, np.array(video_labels), np.array([aggregate(fake_scores[frames[v]], how) for v in videos])

@@ -1,4 +1,4 @@
-"""The detectors and their registry: SimpleNet, XceptionBased, ResNet50, EfficientNet-Lite0/2, the compact bonus model.
+"""The detectors and their registry: SimpleNet, XceptionBased, ResNet50, EfficientNet-Lite0/2, MesoNet, the bonus model.
 
     python models.py            # prints every model's parameter count (no weights needed)
 
@@ -20,7 +20,8 @@ from torchvision.models import ResNet50_Weights, resnet50
 from bonus_model import BonusNet
 from checkpoints import checkpoint_model_name, load_weights, read_checkpoint
 from common import IMAGE_SIZE
-from faces_dataset import load_dataset
+from faces_dataset import catalog_run_name, load_dataset
+from mesonet import MESONET_IMAGE_SIZE, MESONET_NORM, Meso4, MesoInception4, is_keras_file, keras_checkpoint
 from pretrained import efficientnet_lite_key_map, efficientnet_lite_weight_file, read_state_dict, resolve_pretrained_weights
 from utils import (
     ASSIGNMENT_NORM,
@@ -155,6 +156,11 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         "lite0", pretrained, freeze_backbone), norm=IMAGENET_NORM, image_size=224, imagenet=True, cam_layer=lambda m: m.bn2),
     "EfficientNetLite2": ModelSpec(lambda pretrained=True, freeze_backbone=False, **_: get_efficientnet_lite_model(
         "lite2", pretrained, freeze_backbone), norm=IMAGENET_NORM, image_size=260, imagenet=True, cam_layer=lambda m: m.bn2),
+    # the published MesoNet detectors: random init here; their authors' Keras weights load from the .h5 (mesonet.py)
+    "Meso4": ModelSpec(lambda image_size=MESONET_IMAGE_SIZE, **_: Meso4(image_size), norm=MESONET_NORM,
+                       image_size=MESONET_IMAGE_SIZE, cam_layer=lambda m: m.cam_layer()),
+    "MesoInception4": ModelSpec(lambda image_size=MESONET_IMAGE_SIZE, **_: MesoInception4(image_size), norm=MESONET_NORM,
+                                image_size=MESONET_IMAGE_SIZE, cam_layer=lambda m: m.cam_layer()),
     "Bonus": ModelSpec(lambda **_: BonusNet(), cam_layer=lambda m: m.cam_layer()),
 }
 MODEL_NAMES = tuple(MODEL_SPECS)
@@ -190,11 +196,12 @@ def cam_target_layer(model: nn.Module) -> nn.Module:
 def load_model_from_checkpoint(
     path: str | Path, device: torch.device | str = "cpu", expected_model: str | None = None
 ) -> tuple[nn.Module, dict]:
-    """Rebuild a model from a checkpoint of train_main.py (or a bare {'model': state_dict} of the assignment).
+    """Rebuild a model from a checkpoint of train_main.py (or a bare {'model': state_dict} of the assignment, or the
+    MesoNet authors' Keras .h5 file).
 
     Raises a UserError when the file is missing, unreadable, unsafe, or holds another architecture than `expected_model`.
     """
-    ckpt = read_checkpoint(path, device)
+    ckpt = keras_checkpoint(path) if is_keras_file(path) else read_checkpoint(path, device)
     name = checkpoint_model_name(ckpt, path, expected_model)
     kwargs = {k: v for k, v in dict(ckpt.get("model_kwargs", {})).items() if k in ("image_size",)}
     model = load_weights(build_model(name, pretrained=False, **kwargs), ckpt, path, name)  # sets its normalisation
@@ -208,22 +215,27 @@ def checkpoint_image_size(ckpt: dict) -> int:
 
 
 def load_analysis_inputs(args: Any) -> tuple[nn.Module, torch.utils.data.Dataset, torch.device]:
-    """For the analysis scripts: seed, device, the checkpoint's model (eval mode) and the test split at its image size
-    and normalisation. Fills args.model from the checkpoint when -m was not given (and refuses a contradiction)."""
+    """For the analysis scripts: seed, device, the checkpoint's model (eval mode) and the test split (of -d or of
+    --catalog) at its image size and normalisation. Fills args.model from the checkpoint when -m was not given (and
+    refuses a contradiction), and names a --catalog run's outputs 'catalog-<folder>' through args.dataset."""
+    if getattr(args, "catalog", None) is not None:
+        args.dataset = catalog_run_name(args.catalog)
+    elif args.dataset is None:
+        raise UserError("pass -d DATASET (or --catalog CSV) to say which test split to evaluate")
     set_seed(args.seed)
     device = get_device(args.device)
     model, ckpt = load_model_from_checkpoint(args.checkpoint_path, device, expected_model=args.model)
     args.model = model.model_name
     dataset = load_dataset(args.dataset, "test", args.data_root, checkpoint_image_size(ckpt), args.limit,
-                           model_normalization(model))
+                           model_normalization(model), catalog=getattr(args, "catalog", None))
     return model, dataset, device
 
 
 def main() -> None:
     """Print parameter counts, for the report's questions on model size."""
     for name in MODEL_NAMES:
-        print(f"{name:14s} {get_nof_params(build_model(name, pretrained=False)):>12,d} parameters")
-    print(f"{'Xception':14s} {get_nof_params(build_xception_backbone(pretrained=False)):>12,d} parameters (1000-class fc)")
+        print(f"{name:17s} {get_nof_params(build_model(name, pretrained=False)):>12,d} parameters")
+    print(f"{'Xception':17s} {get_nof_params(build_xception_backbone(pretrained=False)):>12,d} parameters (1000-class fc)")
     print(f"the MLP head adds {mlp_head_extra_params():,d} parameters over Xception's fc")
 
 

@@ -19,8 +19,9 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from faces_dataset import load_dataset
+from faces_dataset import dataset_sources, load_dataset
 from metrics import (
+    AGGREGATES,
     apply_temperature,
     bootstrap_intervals,
     compute_metrics,
@@ -28,6 +29,8 @@ from metrics import (
     expected_calibration_error,
     fit_temperature,
     reliability_bins,
+    safe_auc,
+    video_scores,
     youden_threshold,
 )
 from models import MODEL_NAMES, load_analysis_inputs
@@ -98,6 +101,16 @@ def plot_reliability(bins: dict[str, list[dict]], title: str, path: Path) -> Pat
     return save_figure(fig, path)
 
 
+def per_video_metrics(sources: list[str], labels: np.ndarray, fake_scores: np.ndarray, threshold: float) -> dict:
+    """Video-level AUC and accuracy at `threshold` for each aggregate of a video's frame scores (mean, confident)."""
+    by_aggregate = {}
+    for how in AGGREGATES:
+        videos, video_labels, scores = video_scores(sources, labels, fake_scores, how)
+        by_aggregate[how] = {"auc": safe_auc(video_labels, scores),
+                             "accuracy": float(np.mean((scores >= threshold) == video_labels))}
+    return {"n_videos": len(videos), "n_fake_videos": int(video_labels.sum()), "by_aggregate": by_aggregate}
+
+
 def threshold_arg(text: str) -> str | float:
     """--threshold: a probability, or 'val-eer' / 'val-youden' (chosen on the validation split)."""
     if text in ("val-eer", "val-youden"):
@@ -135,7 +148,8 @@ def main(argv: list[str] | None = None) -> dict:
     # validation split (by default the EER threshold the checkpoint stores), and bootstrap intervals of AUC and EER
     val_scores = val_labels = None
     if args.threshold == "val-youden" or args.calibrate:
-        val = load_dataset(args.dataset, "val", args.data_root, model.image_size, args.limit, model_normalization(model))
+        val = load_dataset(args.dataset, "val", args.data_root, model.image_size, args.limit, model_normalization(model),
+                           catalog=args.catalog)
         _, val_scores, val_labels = get_soft_scores_and_true_labels(val, model, args.batch_size, device,
                                                                     not args.no_progress, args.num_workers)
     if args.threshold == "val-eer":
@@ -154,6 +168,9 @@ def main(argv: list[str] | None = None) -> dict:
         calibrated = apply_temperature(fake_scores, temperature)
         result.update(temperature=temperature, ece_calibrated=expected_calibration_error(labels, calibrated))
         bins[f"temperature {temperature:.2f} (fitted on val)"] = reliability_bins(labels, calibrated)
+    sources = dataset_sources(test_dataset)
+    if sources is not None:  # frames of videos (a catalog): one score per video, as DeepfakeBench reports beside frames
+        result["video"] = per_video_metrics(sources, labels, fake_scores, value)
     result.update(model=args.model, dataset=args.dataset, checkpoint=str(args.checkpoint_path))
     prefix = f"{args.dataset}_{args.model}"
     plot_roc_and_det(
@@ -169,6 +186,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"accuracy {100 * result['accuracy']:.2f}% at 0.5, {100 * result['accuracy_at_val_threshold']:.2f}% "
           f"at {value:.3f} ({source}); ECE {result['ece']:.4f}, Brier {result['brier']:.4f}"
           + (f", ECE after temperature scaling {result['ece_calibrated']:.4f}" if args.calibrate else ""))
+    for how, video in result.get("video", {}).get("by_aggregate", {}).items():
+        auc = "undefined (one class)" if video["auc"] is None else f"{video['auc']:.4f}"
+        print(f"per video ({how} of its frames): AUC {auc}, accuracy {100 * video['accuracy']:.2f}% at {value:.3f} "
+              f"over {result['video']['n_videos']} videos")
     print(json.dumps({k: v for k, v in result.items() if k not in ("model", "dataset", "checkpoint")}, indent=2))
     return result
 

@@ -26,12 +26,13 @@ def weight_search_dirs() -> list[Path]:
 def resolve_pretrained_weights(
     what: str, filenames: tuple[str, ...], url: str | tuple[str, ...] | None, explicit: str | Path | None = None,
     extra_paths: tuple[Path, ...] = (),
+    advice: str = "pass --weights PATH, or use --no-pretrained to start from random weights",
 ) -> Path:
     """Find a pretrained weight file: the explicit path, else the first known filename in weight_search_dirs(), else
     one of `extra_paths` (e.g. another library's cache).
 
     When nothing is found and FMD_OFFLINE is not set, the download from each url is tried in turn (announced);
-    otherwise a UserError names the file, the folders searched and the fallback flag.
+    otherwise a UserError names the file, the folders searched and `advice` (by default the fallback flags).
     """
     if explicit is not None:
         path = Path(explicit)
@@ -51,7 +52,7 @@ def resolve_pretrained_weights(
     if os.environ.get("FMD_OFFLINE", "0") in ("", "0"):
         for source_url in urls:
             target = hub_dir / filenames[0]
-            print(f"downloading {what} ImageNet weights from {source_url} to {target} (set FMD_OFFLINE=1 to never download)")
+            print(f"downloading {what} weights from {source_url} to {target} (set FMD_OFFLINE=1 to never download)")
             try:
                 hub_dir.mkdir(parents=True, exist_ok=True)
                 torch.hub.download_url_to_file(source_url, str(target), progress=True)
@@ -61,8 +62,7 @@ def resolve_pretrained_weights(
     searched = ", ".join(str(d) for d in dirs)
     source = f" (download: {' or '.join(urls)})" if urls else ""
     raise UserError(
-        f"pretrained {what} weights not found: put {filenames[0]}{source} in one of [{searched}] "
-        "or pass --weights PATH, or use --no-pretrained to start from random weights"
+        f"pretrained {what} weights not found: put {filenames[0]}{source} in one of [{searched}] or {advice}"
     )
 
 

@@ -140,7 +140,7 @@ def evaluate_corruptions(model: nn.Module, args: argparse.Namespace, device: tor
         rows = []
         for severity in CORRUPTIONS[family]:
             data = load_dataset(args.dataset, "test", args.data_root, model.image_size, args.limit, model_normalization(model),
-                                pixel_transform=Corruption(family, severity))
+                                pixel_transform=Corruption(family, severity), catalog=args.catalog)
             _, scores, labels = get_soft_scores_and_true_labels(data, model, args.batch_size, device, not args.no_progress,
                                                                 args.num_workers)
             rows.append({"severity": severity, "auc": safe_auc(labels, scores),

@@ -41,7 +41,7 @@ from common import (
     SCHEDULERS,
     SELECT_BY,
 )
-from faces_dataset import CatalogDataset, dataset_labels, evenly_spaced_subset, get_transforms, is_demo_data, load_dataset
+from faces_dataset import catalog_run_name, dataset_labels, is_demo_data, load_dataset
 from models import MODEL_NAMES, MODEL_SPECS, PRETRAINED_MODELS, build_model, load_model_from_checkpoint
 from trainer import AdversarialConfig, LoggingParameters, Schedule, Trainer, optimizer_params_for_log
 from utils import (
@@ -138,19 +138,13 @@ def init_weights(model: nn.Module, checkpoint: Path, model_name: str) -> None:
 
 def load_splits(args: argparse.Namespace, norm: Normalization) -> tuple:
     """train/val/test datasets from -d's folders or from a catalog.csv with a 'split' column."""
-    if args.catalog is None:
-        return tuple(load_dataset(args.dataset, split, args.data_root, args.image_size, args.limit, norm, args.augment)
-                     for split in ("train", "val", "test"))
-    splits = []
-    for split in ("train", "val", "test"):
-        ds = CatalogDataset(args.catalog, get_transforms(split == "train", args.image_size, norm, args.augment), split=split)
-        splits.append(evenly_spaced_subset(ds, args.limit))
-    return tuple(splits)
+    return tuple(load_dataset(args.dataset, split, args.data_root, args.image_size, args.limit, norm, args.augment,
+                              catalog=args.catalog) for split in ("train", "val", "test"))
 
 
 def run_dataset_name(args: argparse.Namespace) -> str:
     """The dataset part of the run's file names: -d, or 'catalog-<folder>' for a --catalog run (never -d's files)."""
-    return args.dataset if args.catalog is None else f"catalog-{args.catalog.resolve().parent.name}"
+    return args.dataset if args.catalog is None else catalog_run_name(args.catalog)
 
 
 def check_classes(train_ds, name: str) -> None:

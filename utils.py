@@ -321,8 +321,10 @@ def add_analysis_args(parser: Any, model_names: tuple[str, ...]) -> None:
     parser.add_argument("-m", "--model", choices=model_names, help="model name (checked against the checkpoint)")
     parser.add_argument("-cpp", "--checkpoint_path", "--checkpoint", dest="checkpoint_path", type=Path, required=True,
                         help="checkpoint written by train_main.py, e.g. checkpoints/fakes_dataset_SimpleNet_Adam.pt")
-    parser.add_argument("-d", "--dataset", choices=DATASETS, required=True, help="dataset name")
+    parser.add_argument("-d", "--dataset", choices=DATASETS, help="dataset name (required unless --catalog is given)")
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT, help="folder holding the datasets (default: %(default)s)")
+    parser.add_argument("--catalog", type=Path, help="evaluate the test rows of a catalog.csv of tools/face_preprocess.py "
+                        "instead of -d's test split (numerical_analysis.py then also scores each source video)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed for sampling images (default: %(default)s)")
     parser.add_argument("--limit", type=positive_int, help="use at most this many test images")

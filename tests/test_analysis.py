@@ -159,6 +159,9 @@ def test_wrong_checkpoint_is_a_clear_error(trained, demo_root, tmp_path, capsys)
     with pytest.raises(SystemExit):
         saliency_map.main(args)
     assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as err:  # neither -d nor --catalog
+        grad_cam_analysis.main(["-cpp", str(trained), "--figures-dir", str(tmp_path)])
+    assert err.value.code == 2 and "pass -d DATASET (or --catalog CSV)" in capsys.readouterr().err
 
 
 def test_every_cam_method_name_maps_to_a_class_and_runs():
@@ -237,3 +240,57 @@ def test_cross_eval_has_one_cell_per_checkpoint_and_set_with_numerical_analysis_
         assert r["accuracy"] == pytest.approx(reference["accuracy_at_val_threshold"])
     assert json.loads((tmp_path / "cross_eval.json").read_text()) == rows
     assert (tmp_path / "cross_eval_auc.png").stat().st_size > 5000
+
+
+def test_video_aggregation_on_hand_made_frame_scores():
+    from metrics import safe_auc, video_scores
+
+    sources = ["a", "a", "b", "b", "c", "c", "d", "d"]
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    frames = np.array([0.1, 0.9, 0.3, 0.3, 0.2, 0.6, 0.9, 0.9])  # frame AUC 11 of 16 pairs (ties half); video means a .5 b .3 c .4 d .9
+    videos, video_labels, means = video_scores(sources, labels, frames, "mean")
+    assert videos == ["a", "b", "c", "d"] and video_labels.tolist() == [0, 0, 1, 1]
+    np.testing.assert_allclose(means, [0.5, 0.3, 0.4, 0.9])
+    assert safe_auc(labels, frames) == pytest.approx(11 / 16)
+    assert safe_auc(video_labels, means) == pytest.approx(0.75)  # pairs (c,a) lost, (c,b) (d,a) (d,b) won: 3 of 4
+    with pytest.raises(ValueError, match="both labels"):
+        video_scores(["a", "a"], np.array([0, 1]), np.array([0.1, 0.2]), "mean")
+
+
+def test_numerical_analysis_scores_each_video_of_a_catalog(trained, demo_root, tmp_path):
+    """A catalog of demo images, two frames per 'video': the video AUC equals the one computed from the frame scores."""
+    import csv
+
+    from faces_dataset import load_dataset
+    from models import load_model_from_checkpoint
+
+    rows = []
+    for split in ("val", "test"):
+        for label, cls in ((0, "real"), (1, "fake")):
+            for i, path in enumerate(sorted((demo_root / "fakes_dataset" / split / cls).iterdir())):
+                rows.append({"path": str(path), "source": f"{split}-{cls}-{i // 2}.mp4", "label": label, "split": split})
+    catalog = tmp_path / "clips" / "catalog.csv"
+    catalog.parent.mkdir()
+    with open(catalog, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "source", "label", "split"])
+        writer.writeheader()
+        writer.writerows(rows)
+    result = numerical_analysis.main(["-cpp", str(trained), "--catalog", str(catalog), "--figures-dir", str(tmp_path),
+                                      "--bootstrap", "20", "--no-progress"])
+    assert result["dataset"] == "catalog-clips" and result["n_samples"] == 8
+    assert (tmp_path / "catalog-clips_SimpleNet_roc_curve.png").is_file()
+    model, _ = load_model_from_checkpoint(trained)
+    test = load_dataset("", "test", None, model.image_size, norm=model.normalization, catalog=catalog)
+    _, frame_scores, labels = numerical_analysis.get_soft_scores_and_true_labels(test, model, 8, torch.device("cpu"),
+                                                                                 False, 0)
+    test_sources = [r["source"] for r in rows if r["split"] == "test"]  # 3 real + 5 fake frames -> 2 + 3 videos
+    means = {s: np.mean([p for p, t in zip(frame_scores, test_sources) if t == s]) for s in dict.fromkeys(test_sources)}
+    video = result["video"]
+    assert video["n_videos"] == 5 and video["n_fake_videos"] == 3
+    from sklearn.metrics import roc_auc_score
+
+    expected = roc_auc_score([int("fake" in s) for s in means], list(means.values()))
+    assert video["by_aggregate"]["mean"]["auc"] == pytest.approx(expected)
+    assert set(video["by_aggregate"]) == {"mean", "confident"}
+    folder = numerical_analysis.main(common_args(trained, demo_root, tmp_path) + ["--bootstrap", "20"])
+    assert "video" not in folder  # folder datasets have no source videos

@@ -17,6 +17,7 @@ import detect
 from checkpoints import save_checkpoint
 from face_detection import evenly_spaced_indices
 from faces_dataset import get_transforms
+from metrics import aggregate, confident_strategy
 from utils import Normalization
 
 SIZE = 64
@@ -113,13 +114,13 @@ def test_video_frames_csv_rows_and_mean_aggregate(media, checkpoint, tmp_path):
 
 
 def test_aggregation_rules_on_hand_made_scores():
-    assert detect.aggregate(np.array([0.2, 0.4, 0.9]), "mean") == pytest.approx(0.5)
+    assert aggregate(np.array([0.2, 0.4, 0.9]), "mean") == pytest.approx(0.5)
     many_fake = np.array([0.9] * 12 + [0.1] * 8)  # 12 > 11 and 12 > 20 / 2.5: mean of the confident fakes
-    assert detect.confident_strategy(many_fake) == pytest.approx(0.9)
+    assert confident_strategy(many_fake) == pytest.approx(0.9)
     few_fake = np.array([0.9] * 10 + [0.1] * 10)  # only 10 confident fakes: plain mean
-    assert detect.confident_strategy(few_fake) == pytest.approx(0.5)
+    assert confident_strategy(few_fake) == pytest.approx(0.5)
     nearly_all_real = np.array([0.1] * 19 + [0.6])  # 95 % confidently real: their mean
-    assert detect.confident_strategy(nearly_all_real) == pytest.approx(0.1)
+    assert confident_strategy(nearly_all_real) == pytest.approx(0.1)
     rows = [detect.FaceRow("v", 3, 0.1, [0, 0, 1, 1], 1.0, 0.7), detect.FaceRow("v", 3, 0.1, [0, 0, 1, 1], 1.0, 0.2),
             detect.FaceRow("v", 1, 0.0, [0, 0, 1, 1], 1.0, 0.4)]
     assert detect.frame_scores(rows).tolist() == [0.4, 0.7]  # frame order; a frame is its most fake face
