@@ -228,15 +228,16 @@ def test_cross_eval_has_one_cell_per_checkpoint_and_set_with_numerical_analysis_
                      "--num-workers", "0"])
     (tmp_path / "synthetic_dataset_Bonus_Adam.pt").rename(other)
     rows = cross_eval.main(["--checkpoints", str(trained), str(other), "--data-roots", str(demo_root), "--out-dir",
-                            str(tmp_path), "--figures-dir", str(tmp_path), "--no-progress"])
+                            str(tmp_path), "--figures-dir", str(tmp_path), "--no-progress", "--bootstrap", "30"])
     assert [(r["checkpoint"], r["test_set"]) for r in rows] == [
         (trained.stem, "fakes_dataset"), (trained.stem, "synthetic_dataset"),
         ("second", "fakes_dataset"), ("second", "synthetic_dataset")]
     for r in rows:
         ckpt = trained if r["checkpoint"] == trained.stem else other
         reference = numerical_analysis.main(["-cpp", str(ckpt), "-d", r["test_set"], "--data-root", str(demo_root),
-                                             "--figures-dir", str(tmp_path / "na"), "--no-progress", "--bootstrap", "10"])
+                                             "--figures-dir", str(tmp_path / "na"), "--no-progress", "--bootstrap", "30"])
         assert r["auc"] == pytest.approx(reference["auc"]) and r["eer"] == pytest.approx(reference["eer"])
+        assert r["ci95"]["auc"] == pytest.approx(reference["ci95"]["auc"])  # same seed 42: same interval
         assert r["accuracy"] == pytest.approx(reference["accuracy_at_val_threshold"])
     assert json.loads((tmp_path / "cross_eval.json").read_text()) == rows
     assert (tmp_path / "cross_eval_auc.png").stat().st_size > 5000

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import DATASETS, FIGURES_DIR, OUT_DIR  # noqa: E402
+from common import DATASETS, DEFAULT_SEED, FIGURES_DIR, OUT_DIR  # noqa: E402
 from faces_dataset import load_dataset  # noqa: E402
-from metrics import compute_metrics  # noqa: E402
+from metrics import bootstrap_intervals, compute_metrics  # noqa: E402
 from models import checkpoint_image_size, load_model_from_checkpoint  # noqa: E402
 from numerical_analysis import get_soft_scores_and_true_labels  # noqa: E402
 from utils import (  # noqa: E402
@@ -70,11 +70,15 @@ def plot_heatmap(rows: list[dict], checkpoints: list[str], sets: list[str], path
 @cli_main
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoints", nargs="+", type=Path, required=True, help="checkpoints written by train_main.py")
+    p.add_argument("--checkpoints", nargs="+", type=Path, required=True,
+                   help="checkpoints written by train_main.py, or MesoNet's Keras .h5 weights (a published detector)")
     p.add_argument("--data-roots", nargs="+", type=Path, required=True, help="roots in the assignment layout")
     p.add_argument("-d", "--dataset", choices=DATASETS, help="only this dataset of each root (default: every one)")
     p.add_argument("--limit", type=positive_int, help="at most this many test images per set")
     p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--bootstrap", type=positive_int, default=1000,
+                   help="bootstrap resamples for the 95%% intervals of AUC and EER (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the bootstrap (default: %(default)s)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out-dir", type=Path, default=OUT_DIR, help="for cross_eval.json (default: %(default)s)")
     p.add_argument("--figures-dir", type=Path, default=FIGURES_DIR, help="for cross_eval_auc.png (default: %(default)s)")
@@ -96,11 +100,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
             name = f"{root.name}/{dataset}" if several_roots else dataset
             rows.append({"checkpoint": label(path), "model": model.model_name, "test_set": name, "n": m["n_samples"],
                          "auc": m["auc"], "eer": m["eer"], "ap": m["average_precision"], "threshold": threshold,
-                         "accuracy": m["accuracy"]})
-    print("| checkpoint | test set | n | AUC | EER | AP | accuracy at its threshold |")
+                         "accuracy": m["accuracy"], "ci95": bootstrap_intervals(labels, scores, args.bootstrap, args.seed)})
+    print("| checkpoint | test set | n | AUC [95 % CI] | EER [95 % CI] | AP | accuracy at its threshold |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['checkpoint']} | {r['test_set']} | {r['n']} | {r['auc']:.4f} | {r['eer']:.4f} | {r['ap']:.4f} | "
+        (auc_lo, auc_hi), (eer_lo, eer_hi) = r["ci95"]["auc"], r["ci95"]["eer"]
+        print(f"| {r['checkpoint']} | {r['test_set']} | {r['n']} | {r['auc']:.4f} [{auc_lo:.3f}-{auc_hi:.3f}] | "
+              f"{r['eer']:.4f} [{eer_lo:.3f}-{eer_hi:.3f}] | {r['ap']:.4f} | "
               f"{100 * r['accuracy']:.1f} % at {r['threshold']:.3f} |")
     atomic_write_json(args.out_dir / "cross_eval.json", rows)
     names = list(dict.fromkeys(r["test_set"] for r in rows))
