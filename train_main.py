@@ -6,6 +6,8 @@
     python train_main.py -d fakes_dataset -m SimpleNet -e 1 --limit 64             # a quick smoke run
     python train_main.py -d fakes_dataset -m SimpleNet --adv pgd --eps 0.0314       # adversarial training
     python train_main.py -d fakes_dataset -m SimpleNet -e 8 --resume                # continue to epoch 8
+    python train_main.py -d fakes_dataset -m SimpleNet --tensorboard                # also log to runs/<run name>
+    torchrun --nproc_per_node 2 train_main.py -d fakes_dataset -m SimpleNet         # 2 processes (DDP, see distributed.py)
 
 Writes out/<dataset>_<model>_<opt>.json (one record appended per run) and checkpoints/<dataset>_<model>_<opt>.pt
 (best validation epoch, by --select-by) plus ..._last.pt (for --resume). `-m Bonus` also publishes checkpoints/bonus.pt.
@@ -41,6 +43,7 @@ from common import (
     SCHEDULERS,
     SELECT_BY,
 )
+from distributed import World, setup, teardown
 from faces_dataset import catalog_run_name, dataset_labels, is_demo_data, load_dataset
 from models import MODEL_NAMES, MODEL_SPECS, PRETRAINED_MODELS, build_model, load_model_from_checkpoint
 from trainer import AdversarialConfig, LoggingParameters, Schedule, Trainer, optimizer_params_for_log
@@ -103,6 +106,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out-dir", type=Path, default=OUT_DIR, help="JSON logs folder (default: %(default)s)")
     p.add_argument("--checkpoint-dir", type=Path, default=CHECKPOINT_DIR, help="checkpoints folder (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--tensorboard", nargs="?", const=TENSORBOARD_DEFAULT, metavar="DIR",
+                   help="also log the per-epoch numbers to TensorBoard in DIR (default: runs/<run name>)")
     args = p.parse_args(argv)
     if args.adv_ratio > 1:
         p.error("--adv-ratio must be between 0 and 1")
@@ -113,6 +118,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.image_size is None:
         args.image_size = MODEL_SPECS[args.model].image_size
     return args
+
+
+TENSORBOARD_DEFAULT = "runs/<run name>"
+
+
+def tensorboard_dir(args: argparse.Namespace, run_name: str) -> Path | None:
+    """Where --tensorboard writes (None without the flag); refuses, before training, a missing tensorboard package."""
+    if args.tensorboard is None:
+        return None
+    try:
+        import tensorboard  # noqa: F401  (torch.utils.tensorboard needs it)
+    except ImportError as err:
+        raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard") from err
+    return Path("runs") / run_name if args.tensorboard == TENSORBOARD_DEFAULT else Path(args.tensorboard)
 
 
 def make_optimizer(name: str, params, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -178,7 +197,16 @@ def make_model(args: argparse.Namespace) -> nn.Module:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     set_seed(args.seed)
-    device = get_device(args.device)
+    world, device = setup(get_device(args.device))  # joins torchrun's process group when launched by torchrun
+    try:
+        return train(args, world, device)
+    finally:
+        teardown()
+
+
+def train(args: argparse.Namespace, world: World, device: torch.device) -> dict:
+    """Everything after parsing: data, model, Trainer, summary; only rank 0 prints and publishes."""
+    say = print if world.main else lambda *_, **__: None
     writable_dir(args.out_dir, "--out-dir")  # before any epoch is spent, not after the first one
     writable_dir(args.checkpoint_dir, "--checkpoint-dir")
     norm = MODEL_SPECS[args.model].norm
@@ -186,12 +214,19 @@ def main(argv: list[str] | None = None) -> dict:
     dataset_name = run_dataset_name(args)
     check_classes(train_ds, dataset_name)
     if args.catalog is None and is_demo_data(args.data_root):
-        print(f"note: {args.data_root} holds the built-in synthetic demo data, not real faces")
+        say(f"note: {args.data_root} holds the built-in synthetic demo data, not real faces")
     model = make_model(args)
     optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.momentum, args.weight_decay)
-    print(
+    tag = f"adv{args.adv}" if args.adv != "none" else ""
+    lp = LoggingParameters(args.model, dataset_name, args.optimizer, optimizer_params_for_log(optimizer), tag)
+    board_dir = tensorboard_dir(args, lp.run_name)
+    if board_dir is not None:
+        writable_dir(board_dir, "--tensorboard")
+    processes = f" x {world.size} processes (-b {args.batch_size} each)" if world.distributed else ""
+    say(
         f"{args.model} ({get_nof_params(model):,d} trainable parameters) on {dataset_name}: "
         f"{len(train_ds)} train / {len(val_ds)} val / {len(test_ds)} test images at {args.image_size} px, device {device}"
+        + processes
     )
     labels = dataset_labels(train_ds)
     weight = None
@@ -202,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     config.update(alpha=alpha, n_params=get_nof_params(model), n_params_total=sum(p.numel() for p in model.parameters()),
                   device=str(device), torch=torch.__version__, normalization=norm.to_dict(),
-                  class_weights=weight.tolist() if weight is not None else None)
+                  class_weights=weight.tolist() if weight is not None else None, world_size=world.size)
     model_kwargs = {"image_size": args.image_size}
     trainer = Trainer(
         model, optimizer, nn.CrossEntropyLoss(weight=weight), args.batch_size, train_ds, val_ds, test_ds,
@@ -210,20 +245,18 @@ def main(argv: list[str] | None = None) -> dict:
         checkpoint_dir=args.checkpoint_dir, amp=args.amp, progress=not args.no_progress, model_kwargs=model_kwargs,
         adversarial=AdversarialConfig(args.adv, args.eps, alpha, args.steps, args.adv_ratio), run_config=config,
         schedule=Schedule(args.scheduler, args.warmup_epochs, args.step_size, args.gamma), select_by=args.select_by,
-        balanced_sampler=args.balance == "sampler",
+        balanced_sampler=args.balance == "sampler", world=world, tensorboard_dir=board_dir,
     )
-    tag = f"adv{args.adv}" if args.adv != "none" else ""
-    lp = LoggingParameters(args.model, dataset_name, args.optimizer, optimizer_params_for_log(optimizer), tag)
     record = trainer.run(args.epochs, lp, resume=args.resume)
     paths = trainer.paths(lp)
     auc = record.get("test_auc_at_best_val")
-    print(f"best val ({args.select_by}) at epoch {record['best_epoch']}: val acc {record['best_val_acc']:.2f}%, "
+    say(f"best val ({args.select_by}) at epoch {record['best_epoch']}: val acc {record['best_val_acc']:.2f}%, "
           f"test acc {record['test_acc_at_best_val']:.2f}%" + (f", test AUC {auc:.4f}" if auc is not None else ""))
-    print(f"log: {paths['json']}  checkpoint: {paths['best']}")
-    if args.model == "Bonus" and args.dataset == "fakes_dataset" and not tag and args.catalog is None:
+    say(f"log: {paths['json']}  checkpoint: {paths['best']}" + (f"  TensorBoard: {board_dir}" if board_dir else ""))
+    if world.main and args.model == "Bonus" and args.dataset == "fakes_dataset" and not tag and args.catalog is None:
         bonus = args.checkpoint_dir / BONUS_CHECKPOINT.name
         shutil.copyfile(paths["best"], bonus)
-        print(f"published the bonus model to {bonus}")
+        say(f"published the bonus model to {bonus}")
     return record
 
 

@@ -9,6 +9,11 @@ Checkpoints load with torch.load(weights_only=True) (see checkpoints.py) and car
 and the validation EER threshold of the best epoch. Averages are over samples, so a short last batch weighs what it
 should; a last batch of one sample is dropped (BatchNorm cannot train on it). Every epoch reseeds python, numpy and
 torch from (seed, epoch), so a resumed run repeats the uninterrupted one exactly.
+
+Under torchrun (see distributed.py) the model is wrapped in DistributedDataParallel, every rank trains on its share of
+the single-process sample order, evaluation scores each rank's share and gathers them, losses and accuracies are summed
+over all ranks (so every logged number covers the whole split), and only rank 0 prints, logs and saves (checkpoints
+hold the bare model: no 'module.' prefix). --tensorboard mirrors the log's per-epoch numbers as TensorBoard scalars.
 """
 from __future__ import annotations
 
@@ -27,12 +32,14 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, WeightedRandomSampler
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler, WeightedRandomSampler
 from tqdm import tqdm
 
 from attacks import attack_batch
 from checkpoints import FORMAT, read_checkpoint, save_checkpoint
 from common import CHECKPOINT_DIR, DEFAULT_ALPHA, DEFAULT_EPS, DEFAULT_PGD_STEPS, DEFAULT_SEED, OUT_DIR
+from distributed import SINGLE, ShardSampler, World, gather_in_order, sum_across, sync_buffers
 from faces_dataset import dataset_labels
 from metrics import equal_error_rate, safe_auc
 from utils import (
@@ -204,6 +211,13 @@ class MetricAccumulator:
         self.correct += int((logits.argmax(dim=1) == labels).sum())
         self.count += n
 
+    def reduced(self, world: World) -> MetricAccumulator:
+        """The sums over every rank's samples (itself when not distributed)."""
+        total = MetricAccumulator()
+        loss_sum, correct, count = sum_across(world, self.loss_sum, self.correct, self.count)
+        total.loss_sum, total.correct, total.count = loss_sum, int(correct), int(count)
+        return total
+
     @property
     def avg_loss(self) -> float:
         return self.loss_sum / self.count if self.count else math.nan
@@ -231,6 +245,33 @@ def optimizer_params_for_log(optimizer: torch.optim.Optimizer) -> dict:
     return params
 
 
+TENSORBOARD_TAGS = {  # JSON log key -> TensorBoard scalar tag
+    "train_loss": "loss/train", "val_loss": "loss/val", "test_loss": "loss/test",
+    "train_acc": "accuracy/train", "val_acc": "accuracy/val", "test_acc": "accuracy/test",
+    "val_auc": "auc/val", "test_auc": "auc/test", "lr": "lr",
+    "train_clean_acc": "adversarial/train_clean_acc", "train_adv_acc": "adversarial/train_adv_acc",
+}
+
+
+def open_tensorboard(log_dir: Path, record: dict, epoch: int) -> Any:
+    """A SummaryWriter on `log_dir` holding the run's config as text; events after `epoch` from an interrupted earlier
+    run in the same folder are purged, so a --resume continues the curves without a fold."""
+    from torch.utils.tensorboard import SummaryWriter  # optional dependency: train_main.py checks it before training
+
+    board = SummaryWriter(str(log_dir), purge_step=epoch + 1 if epoch else None)
+    board.add_text("config", "```json\n" + json.dumps(record["config"], indent=1, default=str) + "\n```", epoch)
+    return board
+
+
+def log_epoch(board: Any, record: dict, epoch: int) -> None:
+    """The epoch's numbers of the JSON record (the source of truth) as scalars at step `epoch` (1-based)."""
+    for key, tag in TENSORBOARD_TAGS.items():
+        values = record.get(key)
+        if values and values[-1] is not None:
+            board.add_scalar(tag, values[-1], epoch)
+    board.flush()
+
+
 class Trainer:
     """Train, validate and test a model (the assignment's API), with logging, checkpoints and optional extras."""
 
@@ -256,9 +297,16 @@ class Trainer:
         schedule: Schedule | None = None,
         select_by: str = "acc",
         balanced_sampler: bool = False,
+        world: World = SINGLE,
+        tensorboard_dir: str | Path | None = None,
     ):
         self.device = torch.device(device)
-        self.model = model.to(self.device)
+        self.world = world
+        self.module = model.to(self.device)  # the bare model: evaluation, attacks and checkpoints use it
+        self.model: nn.Module = self.module  # what the training step calls: the DDP wrapper when distributed
+        if world.distributed:
+            self.model = DistributedDataParallel(self.module, device_ids=[self.device] if self.device.type == "cuda" else None)
+        self.tensorboard_dir = Path(tensorboard_dir) if tensorboard_dir is not None else None
         self.optimizer = optimizer
         self.criterion = criterion
         self.batch_size = batch_size
@@ -293,23 +341,27 @@ class Trainer:
         shuffles and random transforms are the same for any --num-workers and after --resume."""
         key = id(dataset)
         if key not in self._loaders:
-            if not shuffle:
-                self._loaders[key] = make_loader(dataset, self.batch_size, False, self.device, self.num_workers)
+            if not shuffle:  # each rank scores samples rank, rank + size, ... (all of them when not distributed)
+                order = ShardSampler(SequentialSampler(dataset), self.world, pad=False)  # type: ignore[arg-type]
+                self._loaders[key] = make_loader(dataset, self.batch_size, False, self.device, self.num_workers,
+                                                 sampler=order)
                 return self._loaders[key]
             if self.balanced_sampler:
                 weights = class_balance_weights(dataset_labels(dataset))
                 order: Sampler = WeightedRandomSampler(weights, len(weights), replacement=True, generator=self._shuffle)
             else:
                 order = RandomSampler(dataset, generator=self._shuffle)  # type: ignore[arg-type]
-            drop_last = len(dataset) % self.batch_size == 1 and len(dataset) > 1  # type: ignore[arg-type]
+            sampler = ShardSampler(SeededSampler(order, self._shuffle), self.world)
+            drop_last = len(sampler) % self.batch_size == 1 and len(sampler) > 1
             # the loader's own generator only seeds its workers, which no longer matters: every sample carries its seed;
             # it must not be the epoch's, which a single-process loader would draw from once more per epoch
             self._loaders[key] = make_loader(SeededDataset(dataset), self.batch_size, True, self.device, self.num_workers,
-                                             torch.Generator(), SeededSampler(order, self._shuffle), drop_last)
+                                             torch.Generator(), sampler, drop_last)
         return self._loaders[key]
 
     def _bar(self, loader: DataLoader, desc: str) -> Any:
-        return tqdm(loader, desc=desc, leave=False, disable=not self.progress, unit="batch", dynamic_ncols=True)
+        return tqdm(loader, desc=desc, leave=False, disable=not (self.progress and self.world.main), unit="batch",
+                    dynamic_ncols=True)
 
     # ---- one epoch --------------------------------------------------------------------------------------------
     def _adversarial_rows(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -317,8 +369,8 @@ class Trainer:
         cfg = self.adversarial
         n_adv = math.ceil(cfg.ratio * len(labels))
         x01 = denormalize(inputs[:n_adv], self.norm)
-        adv = attack_batch(cfg.method, self.model, x01, labels[:n_adv], eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps,
-                           norm=self.norm)
+        adv = attack_batch(cfg.method, self.module, x01, labels[:n_adv], eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps,
+                           norm=self.norm)  # the bare model: an attack's backward must not start DDP's gradient sync
         return torch.cat([normalize(adv, self.norm), inputs[n_adv:]]), n_adv
 
     def _train_mode(self) -> None:
@@ -369,26 +421,31 @@ class Trainer:
                 if n_adv < len(labels):
                     clean.update(per_sample[n_adv:].mean().item(), outputs[n_adv:].detach(), labels[n_adv:])
             bar.set_postfix(loss=f"{total.avg_loss:.4f}", acc=f"{total.accuracy:.2f}%")
+        total, clean, adv = (m.reduced(self.world) for m in (total, clean, adv))
         self._last_adv_metrics = (clean.accuracy, adv.accuracy)
         return total.avg_loss, total.accuracy
 
     def evaluate(self, dataset: Dataset) -> Evaluation:
         """One no-grad pass in eval mode: loss and accuracy over samples, plus P(fake) per sample and its AUC."""
-        self.model.eval()
+        sync_buffers(self.world, self.module)
+        self.module.eval()
         acc = MetricAccumulator()
         scores, labels_seen = [], []
+        loader = self._loader(dataset, shuffle=False)
         with torch.no_grad():
-            for inputs, labels in self._bar(self._loader(dataset, shuffle=False), "evaluate"):
+            for inputs, labels in self._bar(loader, "evaluate"):
                 inputs = inputs.to(self.device, non_blocking=True)
                 labels = labels.to(self.device, non_blocking=True)
                 with torch.autocast(self.device.type, enabled=self.amp):
-                    outputs = self.model(inputs)
+                    outputs = self.module(inputs)
                     loss = self.criterion(outputs, labels)
                 acc.update(loss.item(), outputs.float(), labels)
                 scores.append(torch.softmax(outputs.float(), dim=1)[:, 1].cpu())
                 labels_seen.append(labels.cpu())
         s = torch.cat(scores).numpy() if scores else np.zeros(0)
         y = torch.cat(labels_seen).numpy() if labels_seen else np.zeros(0, dtype=int)
+        s, y = gather_in_order(self.world, np.array(list(loader.sampler), dtype=np.int64), s, y)
+        acc = acc.reduced(self.world)
         return Evaluation(acc.avg_loss, acc.accuracy, safe_auc(y, s), s, y)
 
     def evaluate_model_on_dataloader(self, dataset: Dataset) -> tuple[float, float]:
@@ -413,7 +470,7 @@ class Trainer:
 
     def _checkpoint(self, lp: LoggingParameters, record: dict, threshold: float | None) -> dict:
         return {
-            "model": self.model.state_dict(),
+            "model": self.module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
@@ -442,7 +499,7 @@ class Trainer:
             raise UserError(f"--resume: {paths['last']} was trained at --image-size {saved_size}, not "
                             f"{self.model_kwargs['image_size']}; resume with --image-size {saved_size}")
         try:
-            self.model.load_state_dict(ckpt["model"])
+            self.module.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except (RuntimeError, ValueError, KeyError) as err:
             raise UserError(f"--resume: {paths['last']} does not fit this model or optimizer ({str(err).splitlines()[0]})") from err
@@ -509,13 +566,26 @@ class Trainer:
         for key in ("best", "last", "json"):  # a run killed while saving leaves a hidden temp file: clean it
             remove_stale_temp_files(paths[key].parent, paths[key].name)
         self.total_epochs = epochs
+        main = self.world.main
         if resume:
             record = self._restore(paths, lp)
-            print(f"resuming {lp.run_name} after epoch {self.epoch} of {epochs}")
+            if main:
+                print(f"resuming {lp.run_name} after epoch {self.epoch} of {epochs}")
         else:
             record = self._new_record(lp)
         for key in EXTRA_HISTORY_KEYS:  # logs of older versions lack them
             record.setdefault(key, [None] * len(record["train_loss"]))
+        board = open_tensorboard(self.tensorboard_dir, record, self.epoch) if main and self.tensorboard_dir else None
+        try:
+            self._epochs(epochs, lp, record, paths, board)
+        finally:
+            if board is not None:
+                board.close()
+        return record
+
+    def _epochs(self, epochs: int, lp: LoggingParameters, record: dict, paths: dict[str, Path], board: Any) -> None:
+        """Train the remaining epochs; rank 0 prints, writes the log and checkpoints (and TensorBoard) after each."""
+        main = self.world.main
         while self.epoch < epochs:
             start = time.perf_counter()
             train_loss, train_acc = self.train_one_epoch()
@@ -536,6 +606,8 @@ class Trainer:
             if improved:
                 record.update(best_epoch=self.epoch, best_val_acc=val.accuracy, best_val_auc=val.auc, best_val_loss=val.loss,
                               test_acc_at_best_val=test.accuracy, test_auc_at_best_val=test.auc, threshold=threshold)
+            if not main:
+                continue
             auc_text = f" auc {val.auc:.4f}" if val.auc is not None else ""
             print(
                 f"epoch {self.epoch}/{epochs}: train loss {train_loss:.4f} acc {train_acc:.2f}% | "
@@ -546,4 +618,5 @@ class Trainer:
                 save_checkpoint(self._checkpoint(lp, record, threshold), paths["best"])
             save_checkpoint(self._checkpoint(lp, record, record["threshold"]), paths["last"])
             self.write_output(lp, record)
-        return record
+            if board is not None:
+                log_epoch(board, record, self.epoch)
