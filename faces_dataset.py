@@ -12,11 +12,14 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Subset
 from torchvision import transforms
+from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms import v2
 
 from common import DATA_ROOT, DATASETS, DEMO_MARKER, IMAGE_EXTENSIONS, IMAGE_SIZE, SPLITS
 from utils import ASSIGNMENT_NORM, Normalization, UserError
 
+# Pillow: with the transform, 2,600 img/s against torchvision.io's 2,430 on ../shared/data's 224 px JPEGs (2 cores)
+DEFAULT_DECODER = "pil"
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
@@ -51,12 +54,36 @@ def load_rgb(path: Path) -> Image.Image:
         raise DatasetError(f"cannot read image {path} ({err}); the file is corrupt: delete or replace it") from err
 
 
-class FacesDataset(Dataset):
-    """Real and fake face images of one split: `<root_path>/real/*` (label 0) then `<root_path>/fake/*` (label 1)."""
+DECODERS = ("pil", "torchvision")
+JPEG_SUFFIXES = (".jpg", ".jpeg")
 
-    def __init__(self, root_path: str | Path, transform: Callable[[Image.Image], Any] | None = None):
+
+def load_image(path: Path, decoder: str = "pil") -> Image.Image | torch.Tensor:
+    """RGB pixels of an image file. decoder='torchvision' decodes JPEGs with torchvision.io.decode_jpeg into a uint8
+    3xHxW tensor (the same pixels as Pillow; speeds: tools/bench_report.py) after Pillow has read the header, which
+    refuses decompression bombs; other formats (16-bit PNG, WebP, ...) and JPEGs it cannot decode (CMYK) go through
+    Pillow, which also names the problem of a corrupt file. decoder='pil' always gives a PIL image."""
+    if decoder == "torchvision" and path.suffix.lower() in JPEG_SUFFIXES:
+        try:
+            with Image.open(path) as img:  # reads the header only; raises DecompressionBombError for absurd sizes
+                cmyk = img.mode == "CMYK"
+            if not cmyk:
+                return decode_jpeg(read_file(str(path)), mode=ImageReadMode.RGB)
+        except (RuntimeError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            pass  # load_rgb below raises the one-sentence error for it
+    return load_rgb(path)
+
+
+class FacesDataset(Dataset):
+    """Real and fake face images of one split: `<root_path>/real/*` (label 0) then `<root_path>/fake/*` (label 1).
+
+    Items are PIL images unless decoder='torchvision' (JPEGs then come as uint8 tensors; get_transforms takes both).
+    """
+
+    def __init__(self, root_path: str | Path, transform: Callable[[Image.Image], Any] | None = None, decoder: str = "pil"):
         self.root_path = Path(root_path)
         self.transform = transform
+        self.decoder = decoder
         folders = [self.root_path / "real", self.root_path / "fake"]
         for folder in folders:
             if not folder.is_dir():
@@ -89,7 +116,7 @@ class FacesDataset(Dataset):
         """(image, label): the RGB PIL image, transformed when a transform was given; label 0 real, 1 fake."""
         path = self.path_of(index)
         label = 0 if path.parent.name == "real" else 1
-        image = load_rgb(path)
+        image = load_image(path, self.decoder)
         if self.transform is not None:
             image = self.transform(image)
         return image, label
@@ -105,10 +132,12 @@ class CatalogDataset(Dataset):
     """
 
     def __init__(
-        self, csv_path: str | Path, transform: Callable[[Image.Image], Any] | None = None, split: str | None = None
+        self, csv_path: str | Path, transform: Callable[[Image.Image], Any] | None = None, split: str | None = None,
+        decoder: str = "pil",
     ):
         self.csv_path = Path(csv_path)
         self.transform = transform
+        self.decoder = decoder
         if not self.csv_path.is_file():
             raise DatasetError(f"catalog {self.csv_path} does not exist; create it with tools/face_preprocess.py")
         with open(self.csv_path, newline="") as f:
@@ -154,7 +183,7 @@ class CatalogDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, int]:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} is out of range for {self.csv_path} ({len(self)} rows)")
-        image = load_rgb(self.paths[index])
+        image = load_image(self.paths[index], self.decoder)
         if self.transform is not None:
             image = self.transform(image)
         return image, self._labels[index]
@@ -169,16 +198,16 @@ def get_transforms(
     JPEG re-compression (quality 30-95, p=0.5), Gaussian blur (sigma 0.1-2, p=0.3) and colour jitter (p=0.5), so the
     model cannot lean on compression or sharpness alone. Labels and output shapes are unchanged.
     """
-    if not (train and augment):
-        steps: list[Any] = [transforms.Resize((image_size, image_size))]
+    if not (train and augment):  # PIL images or uint8 tensors (torchvision.io); for PIL exactly ToTensor's numbers
+        steps: list[Any] = [v2.Resize((image_size, image_size))]
         if train:
-            steps.append(transforms.RandomHorizontalFlip())
-        steps += [transforms.ToTensor(), transforms.Normalize(norm.mean, norm.std)]
-        return transforms.Compose(steps)
+            steps.append(v2.RandomHorizontalFlip())
+        steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(norm.mean, norm.std)]
+        return v2.Compose(steps)
     return v2.Compose([
         v2.Resize((image_size, image_size)),
         v2.RandomHorizontalFlip(),
-        v2.PILToTensor(),
+        v2.ToImage(),
         v2.RandomApply([v2.JPEG((30, 95))], p=0.5),
         v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 2.0))], p=0.3),
         v2.RandomApply([v2.ColorJitter(0.2, 0.2, 0.2, 0.02)], p=0.5),
@@ -232,19 +261,23 @@ def load_dataset(
     augment: bool = False,
     pixel_transform: Callable[[Image.Image], Image.Image] | None = None,
     catalog: str | Path | None = None,
+    decoder: str = DEFAULT_DECODER,
 ) -> Dataset:
     """One split with the assignment's transforms for `norm` (flip on the train split; `augment` adds the recipe).
 
-    pixel_transform, when given, alters each RGB image before the model's transform (e.g. a JPEG re-compression).
+    pixel_transform, when given, alters each RGB image before the model's transform (e.g. a JPEG re-compression);
+    it works on PIL images, so JPEGs are then decoded by Pillow instead of `decoder`.
     catalog, when given, reads the split's rows of that catalog.csv instead of <data_root>/<dataset_name>/<split>.
     """
     train = dataset_part == "train"
     transform = get_transforms(train, image_size, norm, augment and train)
     if pixel_transform is not None:
         transform = transforms.Compose([pixel_transform, transform])
+        decoder = "pil"
     if catalog is not None:
-        return evenly_spaced_subset(CatalogDataset(catalog, transform, split=dataset_part), limit)
-    return evenly_spaced_subset(FacesDataset(dataset_dir(dataset_name, dataset_part, data_root), transform=transform), limit)
+        return evenly_spaced_subset(CatalogDataset(catalog, transform, split=dataset_part, decoder=decoder), limit)
+    folder = dataset_dir(dataset_name, dataset_part, data_root)
+    return evenly_spaced_subset(FacesDataset(folder, transform=transform, decoder=decoder), limit)
 
 
 def catalog_run_name(catalog: str | Path) -> str:

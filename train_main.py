@@ -44,7 +44,7 @@ from common import (
     SELECT_BY,
 )
 from distributed import World, setup, teardown
-from faces_dataset import catalog_run_name, dataset_labels, is_demo_data, load_dataset
+from faces_dataset import DECODERS, DEFAULT_DECODER, catalog_run_name, dataset_labels, is_demo_data, load_dataset
 from models import MODEL_NAMES, MODEL_SPECS, PRETRAINED_MODELS, build_model, load_model_from_checkpoint
 from trainer import AdversarialConfig, LoggingParameters, Schedule, Trainer, optimizer_params_for_log
 from utils import (
@@ -90,7 +90,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=positive_int, help="use at most this many samples per split (quick runs)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
-    p.add_argument("--num-workers", type=non_negative_int, help="DataLoader workers (default: half the CPU cores)")
+    p.add_argument("--num-workers", type=non_negative_int,
+                   help="DataLoader workers (default: none below 4 CPU cores, else half the cores, at most 8)")
+    p.add_argument("--decoder", choices=DECODERS, default=DEFAULT_DECODER,
+                   help="JPEG decoder: Pillow or torchvision.io (default: %(default)s, the faster here)")
     p.add_argument("--amp", action="store_true", help="mixed precision on CUDA")
     p.add_argument("--resume", action="store_true", help="continue the run from checkpoints/..._last.pt")
     p.add_argument("--init-from", type=Path, help="start from the weights of this checkpoint of the same model "
@@ -158,7 +161,7 @@ def init_weights(model: nn.Module, checkpoint: Path, model_name: str) -> None:
 def load_splits(args: argparse.Namespace, norm: Normalization) -> tuple:
     """train/val/test datasets from -d's folders or from a catalog.csv with a 'split' column."""
     return tuple(load_dataset(args.dataset, split, args.data_root, args.image_size, args.limit, norm, args.augment,
-                              catalog=args.catalog) for split in ("train", "val", "test"))
+                              catalog=args.catalog, decoder=args.decoder) for split in ("train", "val", "test"))
 
 
 def run_dataset_name(args: argparse.Namespace) -> str:

@@ -189,8 +189,11 @@ def writable_dir(path: str | Path, what: str) -> Path:
 
 
 def default_num_workers() -> int:
-    """DataLoader workers: one per two cores (at most 8), so PNG decoding overlaps with compute."""
-    return min(8, (os.cpu_count() or 1) // 2)
+    """DataLoader workers: none below 4 cores, else one per two cores (at most 8). Measured on 2 cores (Bonus, 224 px,
+    ../shared/data): a worker process takes a core from the two compute threads and costs a copy per batch, so the
+    Trainer ran at 226 img/s with one worker and 380 without."""
+    cores = os.cpu_count() or 1
+    return 0 if cores < 4 else min(8, cores // 2)
 
 
 def make_loader(
@@ -329,7 +332,7 @@ def add_analysis_args(parser: Any, model_names: tuple[str, ...]) -> None:
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed for sampling images (default: %(default)s)")
     parser.add_argument("--limit", type=positive_int, help="use at most this many test images")
     parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="batch size (default: %(default)s)")
-    parser.add_argument("--num-workers", type=non_negative_int, help="DataLoader workers (default: half the CPU cores)")
+    parser.add_argument("--num-workers", type=non_negative_int, help="DataLoader workers (default: none below 4 CPU cores, else half the cores)")
     parser.add_argument("--figures-dir", type=Path, default=FIGURES_DIR, help="output folder (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 

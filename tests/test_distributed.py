@@ -80,7 +80,8 @@ def test_sums_and_scores_cover_every_rank(tmp_path):
         logits = model(data.tensors[0])
     whole_loss = nn.functional.cross_entropy(logits, data.tensors[1]).item()
     whole_acc = 100 * (logits.argmax(1) == data.tensors[1]).float().mean().item()
-    for rank, loss_sum, correct, count, accuracy, scores, train_loss, train_acc in results:
+    assert [r[0] for r in results] == [0, 1]
+    for _rank, loss_sum, correct, count, accuracy, scores, train_loss, train_acc in results:
         assert (loss_sum, correct, count) == (3.0, 4, 7) and accuracy == pytest.approx(100 * 4 / 7)
         assert scores == [0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0]  # every sample once, in dataset order
         assert train_loss == pytest.approx(whole_loss, rel=1e-6) and train_acc == pytest.approx(whole_acc)

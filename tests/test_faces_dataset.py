@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -104,3 +105,24 @@ def test_catalog_dataset(tmp_path):
     assert len(CatalogDataset(csv)) == 3
     with pytest.raises(DatasetError, match="no labelled rows in split 'val'"):
         CatalogDataset(csv, split="val")
+
+
+def test_torchvision_decoder_gives_pillows_pixels_and_falls_back(tmp_path):
+    from skimage import data as skdata
+
+    from faces_dataset import load_image
+
+    photo = Image.fromarray(skdata.astronaut())
+    photo.save(tmp_path / "a.jpg", quality=85)
+    photo.convert("CMYK").save(tmp_path / "cmyk.jpg")
+    fast, slow = load_image(tmp_path / "a.jpg", "torchvision"), load_image(tmp_path / "a.jpg", "pil")
+    assert isinstance(fast, torch.Tensor) and fast.dtype == torch.uint8 and fast.shape == (3, 512, 512)
+    assert isinstance(slow, Image.Image)
+    reference = torch.from_numpy(np.array(slow)).permute(2, 0, 1)
+    assert (fast.int() - reference.int()).abs().max() <= 2  # both libjpeg(-turbo): within decoder tolerance
+    transform = get_transforms(False, 96)  # the model's transform takes either, with the same resize
+    assert (transform(fast) - transform(slow)).abs().max() <= 2 / 255 / 0.5 + 1e-6
+    assert isinstance(load_image(tmp_path / "cmyk.jpg", "torchvision"), Image.Image)  # CMYK: Pillow converts it
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(DatasetError, match="bad.jpg.*corrupt"):
+        load_image(tmp_path / "bad.jpg", "torchvision")

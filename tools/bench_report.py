@@ -4,8 +4,9 @@
     python tools/bench_report.py --models SimpleNet Bonus --steps 2
 
 Model throughput uses a random batch (compute only, the median of --steps timed steps after one warm-up). Data
-loading reads FacesDataset images through the DataLoader with the suite's worker count and with workers=0. The
-Trainer's overhead is tools/bench_train.py's ratio against a bare loop.
+loading reads FacesDataset images (decode + the model's eval transform) through the DataLoader for each decoder
+(Pillow, torchvision.io), with the suite's worker count and with workers=0. The Trainer's overhead is
+tools/bench_train.py's ratio against a bare loop over the same data and decoder.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import compare, random_batch_setup, timed  # noqa: E402
 from common import DATA_ROOT, DEFAULT_BATCH_SIZE, IMAGE_SIZE, OUT_DIR  # noqa: E402
-from faces_dataset import load_dataset  # noqa: E402
+from faces_dataset import DECODERS, load_dataset  # noqa: E402
 from utils import atomic_write_json, default_num_workers, get_device, get_nof_params, make_loader  # noqa: E402
 
 
@@ -41,14 +42,17 @@ def model_throughput(name: str, batch_size: int, image_size: int, steps: int, de
     return result
 
 
-def loading_throughput(data_root: Path, batch_size: int, image_size: int, limit: int, device: torch.device) -> dict:
-    """Images/second FacesDataset delivers through the DataLoader, with the default workers and with none."""
-    dataset = load_dataset("fakes_dataset", "train", data_root, image_size, limit)
+def loading_throughput(data_root: Path, batch_size: int, image_size: int, limit: int, device: torch.device,
+                       rounds: int = 3) -> dict:
+    """Images/second FacesDataset delivers through the DataLoader per decoder, with the default workers and with none
+    (the best of `rounds` passes, so the page cache is warm for every decoder alike)."""
     result = {}
-    for workers in sorted({0, default_num_workers()}):
-        loader = make_loader(dataset, batch_size, True, device, workers)
-        next(iter(loader))  # start the workers
-        result[f"workers_{workers}_img_s"] = len(dataset) / timed(lambda: [None for _ in loader])  # noqa: B023
+    for decoder in DECODERS:
+        dataset = load_dataset("fakes_dataset", "train", data_root, image_size, limit, decoder=decoder)
+        for workers in sorted({0, default_num_workers()}):
+            loader = make_loader(dataset, batch_size, False, device, workers)
+            best = min(timed(lambda: [None for _ in loader]) for _ in range(rounds))  # noqa: B023
+            result[f"{decoder}_workers_{workers}_img_s"] = len(dataset) / best
     return result
 
 

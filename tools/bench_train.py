@@ -21,7 +21,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import DATA_ROOT, DEFAULT_BATCH_SIZE, IMAGE_SIZE  # noqa: E402
-from faces_dataset import load_dataset  # noqa: E402
+from faces_dataset import DECODERS, DEFAULT_DECODER, load_dataset  # noqa: E402
 from models import MODEL_NAMES, build_model  # noqa: E402
 from trainer import Trainer  # noqa: E402
 from utils import get_device, make_loader, set_seed  # noqa: E402
@@ -66,10 +66,10 @@ def bare_epoch(model: nn.Module, loader, optimizer, device: torch.device) -> Non
 
 
 def compare(model_name: str, data_root: Path, limit: int, batch_size: int, image_size: int, rounds: int,
-            device: torch.device, num_workers: int | None = None) -> dict:
+            device: torch.device, num_workers: int | None = None, decoder: str = DEFAULT_DECODER) -> dict:
     """Median images/second of the bare loop and of the Trainer over alternating rounds, and their ratio."""
     set_seed(0)
-    dataset = load_dataset("fakes_dataset", "train", data_root, image_size, limit)
+    dataset = load_dataset("fakes_dataset", "train", data_root, image_size, limit, decoder=decoder)
     model = build_model(model_name, pretrained=False, image_size=image_size).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     trainer = Trainer(model, optimizer, nn.CrossEntropyLoss(), batch_size, dataset, dataset, dataset, device=device,
@@ -82,7 +82,7 @@ def compare(model_name: str, data_root: Path, limit: int, batch_size: int, image
         bare.append(len(dataset) / timed(lambda: bare_epoch(model, loader, optimizer, device)))
         tool.append(len(dataset) / timed(trainer.train_one_epoch))
     result = {"model": model_name, "images": len(dataset), "batch_size": batch_size, "image_size": image_size,
-              "device": str(device), "workers": loader.num_workers, "bare_img_s": statistics.median(bare),
+              "device": str(device), "workers": loader.num_workers, "decoder": decoder, "bare_img_s": statistics.median(bare),
               "trainer_img_s": statistics.median(tool)}
     result["ratio"] = result["trainer_img_s"] / result["bare_img_s"]
     return result
@@ -97,11 +97,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--image-size", type=int, default=IMAGE_SIZE)
     p.add_argument("--rounds", type=int, default=2, help="timed epochs of each loop (default: %(default)s)")
     p.add_argument("--num-workers", type=int, help="DataLoader workers (default: the suite's choice)")
+    p.add_argument("--decoder", choices=DECODERS, default=DEFAULT_DECODER, help="JPEG decoder (default: %(default)s)")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     r = compare(args.model, args.data_root, args.limit, args.batch_size, args.image_size, args.rounds,
-                get_device(args.device), args.num_workers)
-    print(f"{r['model']} {r['image_size']}px batch {r['batch_size']} on {r['device']} ({r['workers']} workers, "
+                get_device(args.device), args.num_workers, args.decoder)
+    print(f"{r['model']} {r['image_size']}px batch {r['batch_size']} on {r['device']} ({r['workers']} workers, {r['decoder']}, "
           f"{r['images']} images): bare loop {r['bare_img_s']:.1f} img/s, Trainer {r['trainer_img_s']:.1f} img/s, "
           f"ratio {r['ratio']:.3f} (target >= 0.9)")
     return r
