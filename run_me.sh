@@ -159,7 +159,8 @@ step "cross-dataset AUC (each EfficientNetLite0 on both datasets)" "$PY" tools/c
   --out-dir "$OUT" --figures-dir "$FIG" --device "$DEVICE" --no-progress "${LITE_LIMIT[@]}"
 
 # ---- bonus: the compact model, published to checkpoints/bonus.pt ----------------------------------------------------
-step "train Bonus on fakes_dataset" train -d fakes_dataset -m Bonus --lr 0.01 -b 32 -e "$E_BONUS" -o Adam "${LIMIT[@]}"
+step "train Bonus on fakes_dataset" train -d fakes_dataset -m Bonus --lr 0.01 -b 32 -e "$E_BONUS" -o Adam \
+  --scheduler cosine --warmup-epochs 1 --select-by auc "${LIMIT[@]}"  # the recipe the design was selected with
 step "evaluate bonus model" "$PY" bonus_main.py --checkpoint "$CKPT/bonus.pt" --data-root "$ROOT" --device "$DEVICE"
 step "ROC/DET Bonus fakes_dataset" analyse numerical_analysis.py Bonus fakes_dataset
 
