@@ -3,13 +3,14 @@ the transforms (per-model normalisation, optional train-time augmentation) and s
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFilter, UnidentifiedImageError
 from torch.utils.data import Dataset, Subset
 from torchvision import transforms
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
@@ -328,10 +329,6 @@ class Corruption:
         self.family, self.severity = family, severity
 
     def __call__(self, image: Image.Image) -> Image.Image:
-        import io
-
-        from PIL import ImageFilter
-
         if self.family == "jpeg":
             buffer = io.BytesIO()
             image.save(buffer, format="JPEG", quality=int(self.severity))

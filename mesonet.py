@@ -186,10 +186,10 @@ def mesonet_weight_file(path: str | Path) -> Path:
     """The .h5 file itself, or for one of the authors' file names not present: the copy in $FMD_WEIGHTS_DIR or torch's
     hub cache, else a download from the MesoNet repository (unless FMD_OFFLINE=1), else one sentence naming it."""
     path = Path(path)
-    if path.is_file() or path.name not in MESONET_FILES:
-        if not path.is_file():
-            raise UserError(f"{path} does not exist (MesoNet's weights: {MESONET_REPO}, folder weights/)")
+    if path.is_file():
         return path
+    if path.name not in MESONET_FILES:
+        raise UserError(f"{path} does not exist (MesoNet's weights: {MESONET_REPO}, folder weights/)")
     return resolve_pretrained_weights(f"MesoNet {path.stem}", (path.name,),
                                       f"{MESONET_REPO}/raw/master/weights/{path.name}",
                                       advice=f"get it from {MESONET_REPO} (folder weights/) or pass its path")

@@ -218,8 +218,9 @@ def load_analysis_inputs(args: Any) -> tuple[nn.Module, torch.utils.data.Dataset
     """For the analysis scripts: seed, device, the checkpoint's model (eval mode) and the test split (of -d or of
     --catalog) at its image size and normalisation. Fills args.model from the checkpoint when -m was not given (and
     refuses a contradiction), and names a --catalog run's outputs 'catalog-<folder>' through args.dataset."""
-    if getattr(args, "catalog", None) is not None:
-        args.dataset = catalog_run_name(args.catalog)
+    catalog = getattr(args, "catalog", None)  # callers without add_analysis_args have no --catalog
+    if catalog is not None:
+        args.dataset = catalog_run_name(catalog)
     elif args.dataset is None:
         raise UserError("pass -d DATASET (or --catalog CSV) to say which test split to evaluate")
     set_seed(args.seed)
@@ -227,7 +228,7 @@ def load_analysis_inputs(args: Any) -> tuple[nn.Module, torch.utils.data.Dataset
     model, ckpt = load_model_from_checkpoint(args.checkpoint_path, device, expected_model=args.model)
     args.model = model.model_name
     dataset = load_dataset(args.dataset, "test", args.data_root, checkpoint_image_size(ckpt), args.limit,
-                           model_normalization(model), catalog=getattr(args, "catalog", None))
+                           model_normalization(model), catalog=catalog)
     return model, dataset, device
 
 

@@ -263,6 +263,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.attacks and args.cw_samples > 0 and len(fake_subset):
         images, y = sample_batch(fake_subset, min(args.cw_samples, len(fake_subset)), args.seed)
         result["cw"] = cw_summary(model, denormalize(images.to(device), norm), y.to(device), args.cw_steps, args.cw_search)
+        print(f"C&W L2 on {result['cw']['n_images']} fakes: success {result['cw']['success_rate']}%, "
+              f"median L2 {result['cw']['median_l2']}")
     if args.corruptions:
         _, clean_scores, clean_labels = get_soft_scores_and_true_labels(test_dataset, model, args.batch_size, device,
                                                                         not args.no_progress, args.num_workers)
@@ -275,8 +277,6 @@ def main(argv: list[str] | None = None) -> dict:
         result["corruptions"] = distorted["corruptions"]
     if not args.attacks:
         return result
-        print(f"C&W L2 on {result['cw']['n_images']} fakes: success {result['cw']['success_rate']}%, "
-              f"median L2 {result['cw']['median_l2']}")
 
     atomic_write_json(args.figures_dir / f"{name}_robustness.json", [result])
     title = f"{args.model} on {args.dataset}" + (f" ({args.tag})" if args.tag else "") + f": robustness, PGD-{args.steps}"
