@@ -2,7 +2,7 @@
 
 Environment overrides, handy on Colab or in tests:
   FMD_DATA_ROOT   folder that holds fakes_dataset/ and synthetic_dataset/ (default: <repo>/data)
-  FMD_WORK_DIR    folder under which out/, checkpoints/ and figures/ are written (default: <repo>)
+  FMD_WORK_DIR    folder under which out/, checkpoints/, figures/ and runs/ (TensorBoard) are written (default: <repo>)
   FMD_WEIGHTS_DIR folder searched first for pretrained ImageNet weights (see xception.py / models.py)
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ WORK_DIR = Path(os.environ.get("FMD_WORK_DIR", REPO_ROOT))
 OUT_DIR = WORK_DIR / "out"
 CHECKPOINT_DIR = WORK_DIR / "checkpoints"
 FIGURES_DIR = WORK_DIR / "figures"
+TENSORBOARD_DIR = WORK_DIR / "runs"  # train_main.py --tensorboard: runs/<run name>
 
 DATASETS = ("fakes_dataset", "synthetic_dataset")
 SPLITS = ("train", "val", "test")

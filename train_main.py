@@ -42,6 +42,7 @@ from common import (
     OUT_DIR,
     SCHEDULERS,
     SELECT_BY,
+    TENSORBOARD_DIR,
 )
 from distributed import World, setup, teardown
 from faces_dataset import DECODERS, DEFAULT_DECODER, catalog_run_name, dataset_labels, is_demo_data, load_dataset
@@ -110,7 +111,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint-dir", type=Path, default=CHECKPOINT_DIR, help="checkpoints folder (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--tensorboard", nargs="?", const=TENSORBOARD_DEFAULT, metavar="DIR",
-                   help="also log the per-epoch numbers to TensorBoard in DIR (default: runs/<run name>)")
+                   help="also log the per-epoch numbers to TensorBoard in DIR (default: runs/<run name>, under FMD_WORK_DIR)")
     args = p.parse_args(argv)
     if args.adv_ratio > 1:
         p.error("--adv-ratio must be between 0 and 1")
@@ -134,7 +135,7 @@ def tensorboard_dir(args: argparse.Namespace, run_name: str) -> Path | None:
         import tensorboard  # noqa: F401  (torch.utils.tensorboard needs it)
     except ImportError as err:
         raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard") from err
-    return Path("runs") / run_name if args.tensorboard == TENSORBOARD_DEFAULT else Path(args.tensorboard)
+    return TENSORBOARD_DIR / run_name if args.tensorboard == TENSORBOARD_DEFAULT else Path(args.tensorboard)
 
 
 def make_optimizer(name: str, params, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:

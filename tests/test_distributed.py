@@ -165,3 +165,14 @@ def test_tensorboard_missing_is_one_sentence_before_training(demo_root, tmp_path
                          str(demo_root), "--out-dir", str(tmp_path), "--checkpoint-dir", str(tmp_path), "--tensorboard"])
     assert err.value.code == 2 and "pip install tensorboard" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.json"))  # nothing trained, nothing logged
+
+
+def test_tensorboard_default_folder_is_under_the_work_dir(tmp_path):
+    import argparse
+
+    from common import WORK_DIR
+
+    default = train_main.tensorboard_dir(argparse.Namespace(tensorboard=train_main.TENSORBOARD_DEFAULT), "fakes_x")
+    assert default == WORK_DIR / "runs" / "fakes_x"  # beside out/ and checkpoints/, wherever the command is run from
+    assert train_main.tensorboard_dir(argparse.Namespace(tensorboard=str(tmp_path)), "fakes_x") == tmp_path
+    assert train_main.tensorboard_dir(argparse.Namespace(tensorboard=None), "fakes_x") is None
