@@ -141,21 +141,25 @@ class ModelSpec:
     image_size: int = IMAGE_SIZE
     imagenet: bool = False  # ImageNet weights exist (the --no-pretrained / --weights / --freeze-backbone flags apply)
     cam_layer: Callable[[nn.Module], nn.Module] | None = None
+    head: tuple[str, ...] = ()  # parameter-name prefixes of the new 2-output head (--backbone-lr-scale keeps them at --lr)
 
 
 MODEL_SPECS: dict[str, ModelSpec] = {
     "SimpleNet": ModelSpec(lambda image_size=IMAGE_SIZE, **_: SimpleNet(image_size=image_size),
                            cam_layer=lambda m: m.conv3),
     "XceptionBased": ModelSpec(lambda pretrained=True, weights=None, freeze_backbone=False, **_: get_xception_based_model(
-        pretrained, weights, freeze_backbone), imagenet=True, cam_layer=lambda m: m.conv4),  # the exit flow's last conv
+        pretrained, weights, freeze_backbone), imagenet=True, cam_layer=lambda m: m.conv4,  # the exit flow's last conv
+        head=("fc.",)),
     "ResNet50": ModelSpec(lambda pretrained=True, weights=None, freeze_backbone=False, **_: get_resnet50_model(
         pretrained, weights, freeze_backbone), norm=IMAGENET_NORM, image_size=224, imagenet=True,
-        cam_layer=lambda m: m.layer4[-1]),
+        cam_layer=lambda m: m.layer4[-1], head=("fc.",)),
     # bn2 = conv_head + BatchNorm + ReLU6: the last layer that keeps a spatial layout (7x7 at 224 px)
     "EfficientNetLite0": ModelSpec(lambda pretrained=True, freeze_backbone=False, **_: get_efficientnet_lite_model(
-        "lite0", pretrained, freeze_backbone), norm=IMAGENET_NORM, image_size=224, imagenet=True, cam_layer=lambda m: m.bn2),
+        "lite0", pretrained, freeze_backbone), norm=IMAGENET_NORM, image_size=224, imagenet=True, cam_layer=lambda m: m.bn2,
+        head=("classifier.",)),
     "EfficientNetLite2": ModelSpec(lambda pretrained=True, freeze_backbone=False, **_: get_efficientnet_lite_model(
-        "lite2", pretrained, freeze_backbone), norm=IMAGENET_NORM, image_size=260, imagenet=True, cam_layer=lambda m: m.bn2),
+        "lite2", pretrained, freeze_backbone), norm=IMAGENET_NORM, image_size=260, imagenet=True, cam_layer=lambda m: m.bn2,
+        head=("classifier.",)),
     # the published MesoNet detectors: random init here; their authors' Keras weights load from the .h5 (mesonet.py)
     "Meso4": ModelSpec(lambda image_size=MESONET_IMAGE_SIZE, **_: Meso4(image_size), norm=MESONET_NORM,
                        image_size=MESONET_IMAGE_SIZE, cam_layer=lambda m: m.cam_layer()),

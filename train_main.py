@@ -102,6 +102,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-pretrained", action="store_true", help="start ImageNet backbones from random weights")
     p.add_argument("--weights", type=Path, help="ImageNet weight file for XceptionBased/ResNet50")
     p.add_argument("--freeze-backbone", action="store_true", help="train only the last block(s) and the head")
+    p.add_argument("--backbone-lr-scale", type=positive_float, default=1.0,
+                   help="the pretrained backbone's lr as a fraction of --lr, the new head's staying at --lr "
+                   "(e.g. 0.1; default: %(default)s, one lr for all)")
     p.add_argument("--adv", choices=("none", "fgsm", "pgd"), default="none", help="adversarial training (default: none)")
     p.add_argument("--eps", type=non_negative_float, default=DEFAULT_EPS, help="attack budget, [0,1] pixels (default: 8/255)")
     p.add_argument("--alpha", type=positive_float, help="PGD step, [0,1] pixels (default: 2.5 * eps / steps)")
@@ -117,8 +120,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--adv-ratio must be between 0 and 1")
     if args.eps > 1:
         p.error("--eps is in [0,1] pixel units (8/255 = 0.0314); got a value outside [0,1]")
-    if args.weights is not None and args.model not in PRETRAINED_MODELS:
-        p.error(f"--weights applies to {', '.join(PRETRAINED_MODELS)}, not {args.model}")
+    for flag, given in (("--weights", args.weights is not None), ("--backbone-lr-scale", args.backbone_lr_scale != 1.0)):
+        if given and args.model not in PRETRAINED_MODELS:
+            p.error(f"{flag} applies to {', '.join(PRETRAINED_MODELS)}, not {args.model}")
     if args.image_size is None:
         args.image_size = MODEL_SPECS[args.model].image_size
     return args
@@ -138,9 +142,21 @@ def tensorboard_dir(args: argparse.Namespace, run_name: str) -> Path | None:
     return TENSORBOARD_DIR / run_name if args.tensorboard == TENSORBOARD_DEFAULT else Path(args.tensorboard)
 
 
-def make_optimizer(name: str, params, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
-    """SGD (with momentum), Adam or AdamW over the trainable parameters."""
-    params = [p for p in params if p.requires_grad]
+def lr_groups(model: nn.Module, head: tuple[str, ...], backbone_lr_scale: float) -> list[dict]:
+    """The trainable parameters as optimizer groups: one, or with a backbone_lr_scale other than 1 the head's (at the
+    lr) then the backbone's (at lr x backbone_lr_scale), each keeping its 'lr_scale' so a resumed schedule keeps the
+    ratio."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if backbone_lr_scale == 1.0 or not head:
+        return [{"params": [p for _, p in named]}]
+    groups = [{"params": [p for name, p in named if name.startswith(head)], "lr_scale": 1.0},
+              {"params": [p for name, p in named if not name.startswith(head)], "lr_scale": backbone_lr_scale}]
+    return [group for group in groups if group["params"]]
+
+
+def make_optimizer(name: str, groups: list[dict], lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+    """SGD (with momentum), Adam or AdamW over parameter groups of lr_groups (each at lr x its lr_scale)."""
+    params = [{**group, "lr": lr * group.get("lr_scale", 1.0)} for group in groups]
     if name == "SGD":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "Adam":
@@ -220,7 +236,8 @@ def train(args: argparse.Namespace, world: World, device: torch.device) -> dict:
     if args.catalog is None and is_demo_data(args.data_root):
         say(f"note: {args.data_root} holds the built-in synthetic demo data, not real faces")
     model = make_model(args)
-    optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.momentum, args.weight_decay)
+    groups = lr_groups(model, MODEL_SPECS[args.model].head, args.backbone_lr_scale)
+    optimizer = make_optimizer(args.optimizer, groups, args.lr, args.momentum, args.weight_decay)
     tag = f"adv{args.adv}" if args.adv != "none" else ""
     lp = LoggingParameters(args.model, dataset_name, args.optimizer, optimizer_params_for_log(optimizer), tag)
     board_dir = tensorboard_dir(args, lp.run_name)

@@ -232,7 +232,7 @@ def optimizer_params_for_log(optimizer: torch.optim.Optimizer) -> dict:
     """The first param group's hyper-parameters (lr, betas, ...), JSON-safe, without the parameters themselves."""
     params = {}
     for key, value in optimizer.param_groups[0].items():
-        if key == "params":
+        if key in ("params", "lr_scale"):  # lr_scale: recorded as the config's backbone_lr_scale
             continue
         if isinstance(value, torch.Tensor):
             value = value.tolist()
@@ -507,7 +507,7 @@ class Trainer:
         self.scaler.load_state_dict(ckpt.get("scaler", {}))
         saved_lr = ckpt["record"].get("config", {}).get("lr")
         if saved_lr is not None:  # the schedule continues from the run's own base lr
-            self.base_lrs = [saved_lr] * len(self.optimizer.param_groups)
+            self.base_lrs = [saved_lr * group.get("lr_scale", 1.0) for group in self.optimizer.param_groups]
             if self.run_config.get("lr") not in (None, saved_lr):
                 print(f"note: --resume keeps the checkpoint's lr {saved_lr} (and its optimizer state); "
                       f"--lr {self.run_config['lr']} is ignored")

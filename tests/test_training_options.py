@@ -249,3 +249,39 @@ def test_results_do_not_depend_on_the_number_of_workers(tmp_path, workers):
         return trainer.run(2, LP)["train_loss"]
 
     assert run(workers) == run(0)
+
+
+def test_backbone_lr_scale_groups_the_head_apart():
+    from models import MODEL_SPECS, build_model
+    from train_main import lr_groups, make_optimizer
+
+    model = build_model("EfficientNetLite0", pretrained=False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert [len(g["params"]) for g in lr_groups(model, MODEL_SPECS["EfficientNetLite0"].head, 1.0)] == [len(trainable)]
+    head, backbone = lr_groups(model, MODEL_SPECS["EfficientNetLite0"].head, 0.1)
+    assert head["params"] == [model.classifier.weight, model.classifier.bias]
+    assert len(backbone["params"]) == len(trainable) - 2 and backbone["params"][0] is model.conv_stem.weight
+    optimizer = make_optimizer("SGD", [head, backbone], 0.01, 0.9, 0.0)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.01, 0.001])
+    frozen = build_model("EfficientNetLite0", pretrained=False, freeze_backbone=True)
+    groups = lr_groups(frozen, MODEL_SPECS["EfficientNetLite0"].head, 0.1)
+    assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in frozen.parameters())
+    assert all(p.requires_grad for g in groups for p in g["params"])  # frozen ones stay out of the optimizer
+
+
+def test_backbone_lr_scale_survives_the_schedule_and_resume(demo_root, tmp_path):
+    import train_main
+
+    argv = ["-d", "synthetic_dataset", "-m", "EfficientNetLite0", "--no-pretrained", "--image-size", "32", "-b", "8",
+            "--lr", "0.01", "--scheduler", "step", "--gamma", "0.5", "--backbone-lr-scale", "0.1", "--data-root",
+            str(demo_root), "--out-dir", str(tmp_path), "--checkpoint-dir", str(tmp_path), "--no-progress",
+            "--num-workers", "0"]
+    assert train_main.main(argv + ["-e", "1"])["config"]["backbone_lr_scale"] == 0.1
+    record = train_main.main(argv + ["-e", "2", "--resume"])
+    assert record["lr"] == pytest.approx([0.01, 0.005])  # the head's lr, as before
+    groups = read_checkpoint(tmp_path / "synthetic_dataset_EfficientNetLite0_Adam_last.pt")["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups] == pytest.approx([0.005, 0.0005])  # epoch 2: both halved, the ratio kept
+    assert "lr_scale" not in record["optimizer"]["params"]
+    proc = subprocess.run([sys.executable, "train_main.py", "-m", "SimpleNet", "--backbone-lr-scale", "0.1"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--backbone-lr-scale applies to" in proc.stderr
