@@ -139,7 +139,7 @@ class ModelSpec:
     build: Callable[..., nn.Module]  # build(pretrained=..., image_size=..., weights=..., freeze_backbone=...)
     norm: Normalization = ASSIGNMENT_NORM
     image_size: int = IMAGE_SIZE
-    imagenet: bool = False  # ImageNet weights exist (the --no-pretrained / --weights / --freeze-backbone flags apply)
+    imagenet: bool = False  # ImageNet weights exist (--no-pretrained / --weights / --freeze-backbone / --backbone-lr-scale apply)
     cam_layer: Callable[[nn.Module], nn.Module] | None = None
     head: tuple[str, ...] = ()  # parameter-name prefixes of the new 2-output head (--backbone-lr-scale keeps them at --lr)
 

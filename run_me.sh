@@ -171,7 +171,7 @@ adversarial() {  # adversarial MODEL LR EPOCHS
   local m="$1" lr="$2" epochs="$3"
   step "robustness $m fakes_dataset" analyse robustness_analysis.py "$m" fakes_dataset --no-progress "${ROBUST[@]}"
   # fine-tunes the plain model (--init-from) at a tenth of its lr: from scratch on real faces' faint evidence, PGD
-  # training ended at the all-fake answer (60 %, AUC 0.50-0.52 for both models); from SimpleNet's checkpoint its first
+  # training ended at the all-fake answer (60 %, test AUC 0.52-0.54 for both models); from SimpleNet's checkpoint its first
   # epoch kept val AUC 0.618
   step "adversarial training $m (PGD)" train -d fakes_dataset -m "$m" --lr "$lr" -b 32 -e "$epochs" -o Adam \
     --adv pgd --eps "$EPS_TRAIN" --steps "$ADV_STEPS" --adv-ratio 0.5 "${ADV_LIMIT[@]}" \
