@@ -12,7 +12,9 @@ evaluates) or --fps; a frame scores as its most fake face, and a video as the ag
 DFDC winner's `confident` rule (when many frames are confidently fake, their mean; when nearly all are confidently
 real, theirs; else the mean). The verdict uses --threshold, by default the validation EER threshold saved with the
 checkpoint (0.5 for older checkpoints; the table says which). Unreadable files and files without a face are reported
-and skipped; the exit status is 2 when nothing could be scored. Outputs are written atomically.
+and skipped; the exit status is 2 when nothing could be scored. Outputs are written atomically. Annotated copies are
+named <input name>.annotated.png (.mp4), numbered past any existing file, so they never replace an input, each other
+or a file of yours, and folders given as inputs pass over them (a second run does not score its own copies).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import csv
 import glob
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -100,20 +103,34 @@ def frame_scores(faces: list[FaceRow]) -> np.ndarray:
     return np.array([max(f.p_fake for f in grouped[k]) for k in sorted(grouped)])
 
 
+ANNOTATED = re.compile(r"\.annotated(-\d+)?\.(png|mp4)$")  # the names annotation_targets gives
+
+
+def is_own_output(path: Path) -> bool:
+    """Whether a file is one of detect.py's annotated copies or a hidden temp file of a writer: never an input."""
+    return bool(ANNOTATED.search(path.name)) or path.name.startswith(".")
+
+
 def expand_inputs(paths: list[str]) -> tuple[list[Path], list[str]]:
-    """Images and videos named by files, folders (recursive) and glob patterns; plus a message per unusable path."""
+    """Images and videos named by files, folders (recursive) and glob patterns; plus a message per unusable path.
+    Folders and patterns pass over detect.py's own annotated copies (a file named on its own is always taken)."""
     media = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
     found: list[Path] = []
     problems: list[str] = []
+    own = 0
     for text in paths:
         path = Path(text)
         if any(ch in text for ch in "*?[") and not path.exists():
             matches = sorted(Path(m) for m in glob.glob(text, recursive=True))
-            found += [m for m in matches if m.is_file() and m.suffix.lower() in media]
+            usable = [m for m in matches if m.is_file() and m.suffix.lower() in media]
+            found += [m for m in usable if not is_own_output(m)]
+            own += sum(is_own_output(m) for m in usable)
             if not matches:
                 problems.append(f"{text}: no file matches this pattern")
         elif path.is_dir():
-            inside = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in media)
+            usable = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in media)
+            inside = [p for p in usable if not is_own_output(p)]
+            own += len(usable) - len(inside)
             found += inside
             if not inside:
                 problems.append(f"{text}: no image or video in this folder")
@@ -124,8 +141,28 @@ def expand_inputs(paths: list[str]) -> tuple[list[Path], list[str]]:
                 problems.append(f"{text}: not an image or video ({', '.join(media)})")
         else:
             problems.append(f"{text}: no such file or folder")
+    if own:
+        problems.append(f"{own} annotated cop{'y' if own == 1 else 'ies'} written by detect.py or hidden temp files "
+                        "(name a file on its own to score it)")
     unique = list(dict.fromkeys(found))
     return unique, problems
+
+
+def annotation_targets(inputs: list[Path], folder: Path) -> dict[Path, Path]:
+    """Where each input's annotated copy goes in `folder`: <name>.annotated.png (.mp4 for a video), the input's own
+    extension kept so beach.jpg and beach.png do not meet, numbered (-2, -3, ...) past any name already taken by another
+    input's copy or by an existing file: no copy ever replaces an input, another copy or a file of the user's."""
+    taken: set[Path] = set()
+    targets = {}
+    for path in inputs:
+        suffix = ".mp4" if path.suffix.lower() in VIDEO_EXTENSIONS else ".png"
+        k, target = 1, folder / f"{path.name}.annotated{suffix}"
+        while target in taken or os.path.lexists(target):
+            k += 1
+            target = folder / f"{path.name}.annotated-{k}{suffix}"
+        taken.add(target)
+        targets[path] = target
+    return targets
 
 
 class Scorer:
@@ -304,7 +341,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threshold", type=float, help="P(fake) at or above which a file is called fake "
                    "(default: the validation EER threshold saved with the checkpoint, else 0.5)")
     p.add_argument("--out", type=Path, help="write one row per face and per file to a .csv or .json file")
-    p.add_argument("--annotate", type=Path, help="folder for annotated copies (boxes and P(fake) drawn in)")
+    p.add_argument("--annotate", type=Path, help="folder for annotated copies, <name>.annotated.png/.mp4 with boxes and P(fake) drawn in "
+                   "(an existing file is never replaced)")
     p.add_argument("--cam", action="store_true", help="with --annotate: each face's Grad-CAM beside the image")
     p.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="face box growth per side (default: %(default)s)")
     p.add_argument("--min-prob", type=float, default=DEFAULT_MIN_PROB, help="minimum MTCNN face probability (default: %(default)s)")
@@ -325,8 +363,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def detect_file(path: Path, args: argparse.Namespace, detector: FaceDetector, scorer: Scorer, model: nn.Module,
-                threshold: float) -> FileResult:
-    """Score one image or video (raising OSError/DatasetError when it cannot be read)."""
+                threshold: float, target: Path | None = None) -> FileResult:
+    """Score one image or video (raising OSError/DatasetError when it cannot be read); with `target`, write the
+    annotated copy there."""
     is_video = path.suffix.lower() in VIDEO_EXTENSIONS
     result = FileResult(str(path), "video" if is_video else "image")
     keep: dict = {}
@@ -346,19 +385,18 @@ def detect_file(path: Path, args: argparse.Namespace, detector: FaceDetector, sc
     scores = frame_scores(result.faces)
     result.score = aggregate(scores, args.aggregate) if is_video else float(scores.max())
     result.verdict = "fake" if result.score >= threshold else "real"
-    if args.annotate is not None:
-        target = args.annotate / path.name
+    if target is not None:
         by_frame = faces_by_frame(result.faces)
         side = min(keep[min(keep)][0].size[1], 256)
         tiles = {k: cam_tiles(keep[k][0], rows, model, scorer, side) for k, rows in by_frame.items()} if args.cam else {}
         if is_video:
-            annotate_video(path, target.with_suffix(".mp4"), result.faces, sorted(keep), args.fps is not None, args.fps,
+            annotate_video(path, target, result.faces, sorted(keep), args.fps is not None, args.fps,
                            tiles, side)
         else:
             drawn = draw_faces(keep[0][0], result.faces)
             if args.cam:
                 drawn = beside(drawn, tiles[0], side, len(tiles[0]))
-            atomic_write(target.with_suffix(".png"), lambda tmp: drawn.save(tmp, format="PNG"))
+            atomic_write(target, lambda tmp: drawn.save(tmp, format="PNG"))
     return result
 
 
@@ -379,10 +417,11 @@ def main(argv: list[str] | None = None) -> list[FileResult]:
     threshold, source = (args.threshold, "--threshold") if args.threshold is not None else model.decision_threshold
     scorer = Scorer(model, checkpoint_image_size(ckpt), device, args.batch_size)
     detector = FaceDetector(args.device, args.min_prob)
+    targets = annotation_targets(inputs, args.annotate) if args.annotate is not None else {}
     results = []
     for path in tqdm(inputs, desc="inputs", unit="file", disable=args.no_progress or len(inputs) == 1):
         try:
-            result = detect_file(path, args, detector, scorer, model, threshold)
+            result = detect_file(path, args, detector, scorer, model, threshold, targets.get(path))
         except (OSError, DatasetError, ValueError) as err:
             tqdm.write(f"skipping {path}: cannot read it ({err})")
             result = FileResult(str(path), "video" if path.suffix.lower() in VIDEO_EXTENSIONS else "image",

@@ -241,6 +241,30 @@ def is_demo_data(data_root: str | Path | None = None) -> bool:
     return (root / DEMO_MARKER).is_file()
 
 
+def list_images_under(folder: Path) -> list[Path]:
+    """Image files anywhere under a folder, sorted by path."""
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def evenly_spaced(items: list, limit: int | None) -> list:
+    """At most `limit` items, evenly spaced over the list (all of them without a limit)."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    return [items[i] for i in np.unique(np.linspace(0, len(items) - 1, limit).round().astype(int))]
+
+
+def split_paths(dataset: Dataset, label: int) -> list[Path]:
+    """Files of one class of a FacesDataset or CatalogDataset (or a Subset of one), in index order."""
+    if isinstance(dataset, Subset):
+        inner = dataset.dataset
+        indices = dataset.indices
+    else:
+        inner, indices = dataset, range(len(dataset))  # type: ignore[arg-type]
+    labels = dataset_labels(inner)
+    path_of = inner.path_of if isinstance(inner, FacesDataset) else (lambda i: inner.paths[i])
+    return [path_of(i) for i in indices if labels[i] == label]
+
+
 def evenly_spaced_subset(dataset: Dataset, limit: int | None) -> Dataset:
     """Keep at most `limit` samples, evenly spaced over the sorted listing so both classes stay in proportion."""
     n = len(dataset)  # type: ignore[arg-type]

@@ -11,17 +11,22 @@
 
 Writes out/<dataset>_<model>_<opt>.json (one record appended per run) and checkpoints/<dataset>_<model>_<opt>.pt
 (best validation epoch, by --select-by) plus ..._last.pt (for --resume). `-m Bonus` also publishes checkpoints/bonus.pt.
-Adversarially trained runs add the suffix _advfgsm / _advpgd to those names, so they never overwrite the plain run;
+Adversarially trained runs add the suffix _advfgsm / _advpgd to those names, self-blended ones _selfblend or
+_selfblend+dataset, so they never take the plain run's names; an earlier run's checkpoints of the same name are moved
+to checkpoints/previous/<name>__<its run id>.pt, and a run whose name is running already stops at once;
 --catalog runs are named after the catalog's folder. Every flag is checked before any image is read.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from attacks import pgd_step_size
 from common import (
@@ -44,9 +49,22 @@ from common import (
     SELECT_BY,
     TENSORBOARD_DIR,
 )
-from distributed import World, setup, teardown
-from faces_dataset import DECODERS, DEFAULT_DECODER, catalog_run_name, dataset_labels, is_demo_data, load_dataset
+from distributed import World, setup, sum_across, teardown
+from faces_dataset import (
+    DECODERS,
+    DEFAULT_DECODER,
+    catalog_run_name,
+    dataset_labels,
+    evenly_spaced,
+    get_transforms,
+    is_demo_data,
+    list_images_under,
+    load_dataset,
+    split_paths,
+)
+from landmarks import folder_landmarks
 from models import MODEL_NAMES, MODEL_SPECS, PRETRAINED_MODELS, build_model, load_model_from_checkpoint
+from self_blend import FAKE_MODES, FakePairs, PairConcat, SelfBlendEvaluation, SelfBlendPairs
 from trainer import AdversarialConfig, LoggingParameters, Schedule, Trainer, optimizer_params_for_log
 from utils import (
     Normalization,
@@ -58,6 +76,7 @@ from utils import (
     non_negative_int,
     positive_float,
     positive_int,
+    run_lock,
     set_seed,
     writable_dir,
 )
@@ -81,6 +100,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--select-by", choices=SELECT_BY, default="acc",
                    help="validation metric that picks the best checkpoint (default: %(default)s, the assignment's)")
     p.add_argument("--augment", action="store_true", help="train-time JPEG re-compression, blur and colour jitter")
+    p.add_argument("--fakes", choices=FAKE_MODES, default="dataset",
+                   help="training fakes: the dataset's own, self-blends of its real faces (self_blend.py; validated on "
+                   "self-blends of the val split's real faces, so no dataset fake is ever seen), or both (default: %(default)s)")
+    p.add_argument("--real-faces", type=Path, help="with --fakes self-blend/both: a folder of real faces to self-blend "
+                   "instead of the train split's real/ (searched recursively)")
     p.add_argument("--balance", choices=BALANCE, default="none",
                    help="imbalanced classes: loss weights or a balanced sampler for the train split (default: none)")
     p.add_argument("--data-root", type=Path, default=DATA_ROOT, help="folder holding the datasets (default: %(default)s)")
@@ -123,6 +147,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag, given in (("--weights", args.weights is not None), ("--backbone-lr-scale", args.backbone_lr_scale != 1.0)):
         if given and args.model not in PRETRAINED_MODELS:
             p.error(f"{flag} applies to {', '.join(PRETRAINED_MODELS)}, not {args.model}")
+    if args.fakes != "dataset" and args.balance != "none":
+        p.error(f"--balance does not apply to --fakes {args.fakes} (its batches hold real/fake pairs)")
+    if args.real_faces is not None and args.fakes == "dataset":
+        p.error("--real-faces is for --fakes self-blend or both")
+    if args.real_faces is not None and not args.real_faces.is_dir():
+        p.error(f"--real-faces {args.real_faces} is not a folder")
     if args.image_size is None:
         args.image_size = MODEL_SPECS[args.model].image_size
     return args
@@ -176,14 +206,42 @@ def init_weights(model: nn.Module, checkpoint: Path, model_name: str) -> None:
 
 
 def load_splits(args: argparse.Namespace, norm: Normalization) -> tuple:
-    """train/val/test datasets from -d's folders or from a catalog.csv with a 'split' column."""
-    return tuple(load_dataset(args.dataset, split, args.data_root, args.image_size, args.limit, norm, args.augment,
-                              catalog=args.catalog, decoder=args.decoder) for split in ("train", "val", "test"))
+    """train/val/test datasets from -d's folders or from a catalog.csv with a 'split' column; with --fakes self-blend
+    the train split is (real, self-blend) pairs and val the self-blends of the val split's real faces, with --fakes
+    both the train pairs are followed by the dataset's own fakes two by two."""
+    splits = [load_dataset(args.dataset, split, args.data_root, args.image_size, args.limit, norm, args.augment,
+                           catalog=args.catalog, decoder=args.decoder) for split in ("train", "val", "test")]
+    if args.fakes == "dataset":
+        return tuple(splits)
+    plain = get_transforms(False, args.image_size, norm)
+    limit = None if args.limit is None else max(1, args.limit // 2)
+    reals = split_paths(splits[0], 0) if args.real_faces is None else list_images_under(args.real_faces)
+    reals = evenly_spaced(reals, limit)
+    if not reals:
+        raise UserError(f"no real face to self-blend in {args.real_faces or 'the train split'}")
+    points = folder_landmarks(reals, progress=not args.no_progress)
+    train: Dataset = SelfBlendPairs(reals, points, plain)
+    if args.fakes == "both":
+        fakes = split_paths(splits[0], 1)
+        train = PairConcat([train, FakePairs(fakes, get_transforms(True, args.image_size, norm, args.augment))])
+        return train, splits[1], splits[2]
+    val_reals = evenly_spaced(split_paths(splits[1], 0), limit)
+    val = SelfBlendEvaluation(val_reals, folder_landmarks(val_reals, progress=not args.no_progress), plain, args.seed)
+    return train, val, splits[2]
 
 
 def run_dataset_name(args: argparse.Namespace) -> str:
     """The dataset part of the run's file names: -d, or 'catalog-<folder>' for a --catalog run (never -d's files)."""
     return args.dataset if args.catalog is None else catalog_run_name(args.catalog)
+
+
+FAKE_TAGS = {"dataset": "", "self-blend": "selfblend", "both": "selfblend+dataset"}
+
+
+def run_tag(args: argparse.Namespace) -> str:
+    """The suffix of the run's file names for training variants (e.g. selfblend, advpgd, selfblend_advpgd), so a
+    variant never takes the plain run's names."""
+    return "_".join(t for t in (FAKE_TAGS[args.fakes], f"adv{args.adv}" if args.adv != "none" else "") if t)
 
 
 def check_classes(train_ds, name: str) -> None:
@@ -224,21 +282,46 @@ def main(argv: list[str] | None = None) -> dict:
         teardown()
 
 
+@contextlib.contextmanager
+def one_run_per_name(world: World, checkpoint_dir: Path, run_name: str) -> Iterator[None]:
+    """Hold the run name's lock (rank 0 takes it for all ranks): a second run of the same name stops before reading
+    data, naming the process that holds it, instead of overwriting the first run's checkpoints and log."""
+    with contextlib.ExitStack() as stack:
+        error: UserError | None = None
+        if world.main:
+            try:
+                stack.enter_context(run_lock(checkpoint_dir / f".{run_name}.run.lock", f"a run named {run_name}",
+                                             "wait for it to end, or give this one another --checkpoint-dir"))
+            except UserError as err:
+                error = err
+        if sum_across(world, float(error is not None))[0]:
+            raise error or UserError(f"rank 0 could not take the lock of run {run_name}")
+        yield
+
+
 def train(args: argparse.Namespace, world: World, device: torch.device) -> dict:
-    """Everything after parsing: data, model, Trainer, summary; only rank 0 prints and publishes."""
-    say = print if world.main else lambda *_, **__: None
+    """Everything after parsing, under the run name's lock: data, model, Trainer, summary; only rank 0 prints and
+    publishes."""
     writable_dir(args.out_dir, "--out-dir")  # before any epoch is spent, not after the first one
     writable_dir(args.checkpoint_dir, "--checkpoint-dir")
+    dataset_name = run_dataset_name(args)
+    tag = run_tag(args)
+    with one_run_per_name(world, args.checkpoint_dir, LoggingParameters(args.model, dataset_name, args.optimizer,
+                                                                        tag=tag).run_name):
+        return _train(args, world, device, dataset_name, tag)
+
+
+def _train(args: argparse.Namespace, world: World, device: torch.device, dataset_name: str, tag: str) -> dict:
+    say = print if world.main else lambda *_, **__: None
     norm = MODEL_SPECS[args.model].norm
     train_ds, val_ds, test_ds = load_splits(args, norm)
-    dataset_name = run_dataset_name(args)
-    check_classes(train_ds, dataset_name)
+    if args.fakes == "dataset":  # pairs hold both classes by construction
+        check_classes(train_ds, dataset_name)
     if args.catalog is None and is_demo_data(args.data_root):
         say(f"note: {args.data_root} holds the built-in synthetic demo data, not real faces")
     model = make_model(args)
     groups = lr_groups(model, MODEL_SPECS[args.model].head, args.backbone_lr_scale)
     optimizer = make_optimizer(args.optimizer, groups, args.lr, args.momentum, args.weight_decay)
-    tag = f"adv{args.adv}" if args.adv != "none" else ""
     lp = LoggingParameters(args.model, dataset_name, args.optimizer, optimizer_params_for_log(optimizer), tag)
     board_dir = tensorboard_dir(args, lp.run_name)
     if board_dir is not None:
@@ -246,12 +329,12 @@ def train(args: argparse.Namespace, world: World, device: torch.device) -> dict:
     processes = f" x {world.size} processes (-b {args.batch_size} each)" if world.distributed else ""
     say(
         f"{args.model} ({get_nof_params(model):,d} trainable parameters) on {dataset_name}: "
-        f"{len(train_ds)} train / {len(val_ds)} val / {len(test_ds)} test images at {args.image_size} px, device {device}"
+        f"{len(train_ds) * getattr(train_ds, 'images_per_item', 1)} train / {len(val_ds)} val / {len(test_ds)} test images at {args.image_size} px, device {device}"
         + processes
     )
-    labels = dataset_labels(train_ds)
     weight = None
     if args.balance == "weights":  # inverse class frequency, normalised so a balanced split gets weights 1
+        labels = dataset_labels(train_ds)
         counts = torch.bincount(torch.tensor(labels), minlength=2).float()
         weight = (counts.sum() / (2 * counts)).to(device)
     alpha = args.alpha if args.alpha is not None else pgd_step_size(args.eps, args.steps)

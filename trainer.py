@@ -334,7 +334,7 @@ class Trainer:
         self._shuffle = torch.Generator()
         self._loaders: dict[int, DataLoader] = {}
         self._last_adv_metrics: tuple[float, float] = (math.nan, math.nan)
-        self._threshold: float | None = None  # validation EER threshold of the latest epoch
+        self._fresh = False
 
     # ---- data -------------------------------------------------------------------------------------------------
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
@@ -353,11 +353,13 @@ class Trainer:
             else:
                 order = RandomSampler(dataset, generator=self._shuffle)  # type: ignore[arg-type]
             sampler = ShardSampler(SeededSampler(order, self._shuffle), self.world)
-            drop_last = len(sampler) % self.batch_size == 1 and len(sampler) > 1
+            per_item = getattr(dataset, "images_per_item", 1)  # pair datasets (self_blend.py): 2 images an item
+            items = max(1, self.batch_size // per_item)
+            drop_last = per_item == 1 and len(sampler) % items == 1 and len(sampler) > 1
             # the loader's own generator only seeds its workers, which no longer matters: every sample carries its seed;
             # it must not be the epoch's, which a single-process loader would draw from once more per epoch
-            self._loaders[key] = make_loader(SeededDataset(dataset), self.batch_size, True, self.device, self.num_workers,
-                                             torch.Generator(), sampler, drop_last)
+            self._loaders[key] = make_loader(SeededDataset(dataset), items, True, self.device, self.num_workers,
+                                             torch.Generator(), sampler, drop_last, getattr(dataset, "collate", None))
         return self._loaders[key]
 
     def _bar(self, loader: DataLoader, desc: str) -> Any:
@@ -514,6 +516,28 @@ class Trainer:
         self.epoch = int(ckpt["epoch"])
         return ckpt["record"]
 
+    def _keep_previous_run(self, paths: dict[str, Path]) -> None:
+        """Before a fresh run saves for the first time, move an earlier run's checkpoints of the same name to
+        previous/<name>__<its run id>.pt (and _last.pt): a new run never overwrites a finished one (the JSON log keeps
+        every run's record)."""
+        earlier = [paths[key] for key in ("best", "last") if paths[key].is_file()]
+        if not earlier:
+            return
+        run_id = None
+        for path in earlier:
+            with contextlib.suppress(UserError, AttributeError, TypeError):
+                run_id = run_id or read_checkpoint(path)["record"]["run_id"]
+        run_id = run_id or time.strftime("%Y%m%d-%H%M%S", time.localtime(earlier[0].stat().st_mtime))
+        kept = []
+        for path in earlier:
+            target = path.parent / "previous" / path.name.replace(paths["best"].stem, f"{paths['best'].stem}__{run_id}", 1)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():  # the same earlier run kept twice (e.g. copied back by hand): never overwrite it
+                target = target.with_name(f"{target.stem}-{uuid.uuid4().hex[:6]}{target.suffix}")
+            shutil.move(path, target)
+            kept.append(str(target))
+        print(f"note: an earlier run (run id {run_id}) had checkpoints under this name; kept them as {', '.join(kept)}")
+
     def write_output(self, logging_parameters: LoggingParameters, record: dict) -> Path:
         """Insert or replace this run's record (by run_id) in the JSON list, under a file lock; a corrupt log is kept
         aside, not lost."""
@@ -574,6 +598,7 @@ class Trainer:
                 print(f"resuming {lp.run_name} after epoch {self.epoch} of {epochs}")
         else:
             record = self._new_record(lp)
+        self._fresh = not resume  # an earlier run's checkpoints are moved aside before the first save (never lost)
         for key in EXTRA_HISTORY_KEYS:  # logs of older versions lack them
             record.setdefault(key, [None] * len(record["train_loss"]))
         board = open_tensorboard(self.tensorboard_dir, record, self.epoch) if main and self.tensorboard_dir else None
@@ -615,6 +640,9 @@ class Trainer:
                 f"val loss {val.loss:.4f} acc {val.accuracy:.2f}%{auc_text} | test loss {test.loss:.4f} acc {test.accuracy:.2f}%"
                 + (" *best*" if improved else "")
             )
+            if self._fresh:
+                self._keep_previous_run(paths)
+                self._fresh = False
             if improved:
                 save_checkpoint(self._checkpoint(lp, record, threshold), paths["best"])
             save_checkpoint(self._checkpoint(lp, record, record["threshold"]), paths["last"])

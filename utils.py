@@ -9,8 +9,10 @@ import json
 import math
 import os
 import random
+import socket
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,6 +207,7 @@ def make_loader(
     generator: torch.Generator | None = None,
     sampler: torch.utils.data.Sampler | None = None,
     drop_last: bool = False,
+    collate_fn: Callable | None = None,
 ) -> DataLoader:
     """A DataLoader with workers and pin_memory chosen for the device; `generator` makes the shuffle reproducible."""
     workers = default_num_workers() if num_workers is None else num_workers
@@ -218,6 +221,7 @@ def make_loader(
         persistent_workers=workers > 0,
         generator=generator,
         drop_last=drop_last,
+        collate_fn=collate_fn,
     )
 
 
@@ -252,6 +256,35 @@ def remove_stale_temp_files(folder: str | Path, name: str) -> None:
     """Delete temp files a killed writer of `name` left behind in `folder` (see atomic_write)."""
     for stale in Path(folder).glob(f".{name}.*.tmp"):
         stale.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def run_lock(path: str | Path, what: str, hint: str) -> Iterator[None]:
+    """Hold an exclusive OS lock on `path` for a whole run, so a second run of the same name stops at once with one
+    sentence (which process holds it, and `hint`) instead of overwriting the first one's files. The OS drops the lock
+    when the process ends, however it ends, so a killed run never leaves a stale lock. No-op where flock is missing."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise UserError(f"{what} is already running ({holder}); {hint}") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

@@ -129,20 +129,20 @@ def test_aggregation_rules_on_hand_made_scores():
 def test_annotated_copies(media, checkpoint, tmp_path):
     detect.main([str(media / "astronaut.png"), str(media / "clip.mp4"), "-cpp", str(checkpoint), "--frames", "4",
                  "--annotate", str(tmp_path / "ann"), "--no-progress"])
-    image = Image.open(tmp_path / "ann" / "astronaut.png")
+    image = Image.open(tmp_path / "ann" / "astronaut.png.annotated.png")
     assert image.size == (512, 512)
     box_colour = np.asarray(image)[FACE[1] - 30:FACE[3] + 30, FACE[0] - 30:FACE[2] + 30]
     assert (np.abs(box_colour.astype(int) - np.asarray(data.astronaut())[FACE[1] - 30:FACE[3] + 30,
                                                                           FACE[0] - 30:FACE[2] + 30]).sum(-1) > 0).any()
-    cap = cv2.VideoCapture(str(tmp_path / "ann" / "clip.mp4"))
+    cap = cv2.VideoCapture(str(tmp_path / "ann" / "clip.mp4.annotated.mp4"))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 20  # every frame, boxes from the nearest sampled frame
     assert (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))) == (512, 512)
     detect.main([str(media / "astronaut.png"), "-cpp", str(checkpoint), "--annotate", str(tmp_path / "cam"), "--cam",
                  "--no-progress"])
-    assert Image.open(tmp_path / "cam" / "astronaut.png").size == (512 + 256, 512)  # the CAM tile beside the photo
+    assert Image.open(tmp_path / "cam" / "astronaut.png.annotated.png").size == (512 + 256, 512)  # the CAM tile beside the photo
     detect.main([str(media / "clip.mp4"), "-cpp", str(checkpoint), "--frames", "3", "--annotate", str(tmp_path / "cam"),
                  "--cam", "--no-progress"])
-    cap = cv2.VideoCapture(str(tmp_path / "cam" / "clip.mp4"))
+    cap = cv2.VideoCapture(str(tmp_path / "cam" / "clip.mp4.annotated.mp4"))
     assert int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)) == 512 + 256 and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 20
 
 

@@ -38,22 +38,62 @@ from utils import (  # noqa: E402
 
 
 def test_sets(roots: list[Path], dataset: str | None) -> list[tuple[Path, str]]:
-    """(root, dataset) pairs to score: -d on every root, or every dataset each root holds."""
-    pairs = [(root, d) for root in roots for d in ([dataset] if dataset else DATASETS) if (root / d / "test").is_dir()]
-    if not pairs:
-        raise UserError(f"no <root>/<dataset>/test folder under {', '.join(map(str, roots))}")
+    """(root, dataset) pairs to score: -d on every root, or every dataset each root holds; a root with none of them is
+    refused before anything is scored (never silently dropped)."""
+    pairs = []
+    for root in roots:
+        found = [(root, d) for d in ([dataset] if dataset else DATASETS) if (root / d / "test").is_dir()]
+        if not found:
+            wanted = dataset or "{" + ",".join(DATASETS) + "}"
+            raise UserError(f"{root} has no {wanted}/test folder (the assignment layout: <root>/<dataset>/test/{{real,fake}}/)")
+        pairs += found
     return pairs
 
 
-def label(checkpoint: Path) -> str:
-    return checkpoint.stem
+def row_labels(checkpoints: list[Path]) -> list[str]:
+    """A name per checkpoint: its file stem, with as many parent folders as it takes to tell apart two files of one
+    name (runs/a/x.pt and runs/b/x.pt become a/x and b/x)."""
+    parts = [p.resolve().with_suffix("").parts for p in checkpoints]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        names = ["/".join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names) or depth == max(len(p) for p in parts):
+            return names
+    return names
+
+
+def score_cell(labels: np.ndarray, scores: np.ndarray, threshold: float, n_resamples: int, seed: int) -> dict:
+    """The cell's numbers; AUC, EER, AP and their intervals are None (with a note) when the test set holds one class."""
+    if len(np.unique(labels)) < 2:
+        only = "real" if labels.size and labels[0] == 0 else "fake"
+        accuracy = float(np.mean((scores >= threshold).astype(int) == labels)) if labels.size else None
+        return {"n": int(labels.size), "auc": None, "eer": None, "ap": None, "accuracy": accuracy,
+                "ci95": None, "note": f"only {only} images: AUC and EER are undefined"}
+    m = compute_metrics(labels, scores, threshold)
+    return {"n": m["n_samples"], "auc": m["auc"], "eer": m["eer"], "ap": m["average_precision"],
+            "accuracy": m["accuracy"], "ci95": bootstrap_intervals(labels, scores, n_resamples, seed)}
+
+
+def table_line(r: dict) -> str:
+    """One markdown row of the printed table."""
+    if r["auc"] is None:
+        return (f"| {r['checkpoint']} | {r['test_set']} | {r['n']} | n/a | n/a | n/a | "
+                f"{100 * r['accuracy']:.1f} % at {r['threshold']:.3f} ({r['note']}) |")
+    (auc_lo, auc_hi), (eer_lo, eer_hi) = r["ci95"]["auc"], r["ci95"]["eer"]
+    return (f"| {r['checkpoint']} | {r['test_set']} | {r['n']} | {r['auc']:.4f} [{auc_lo:.3f}-{auc_hi:.3f}] | "
+            f"{r['eer']:.4f} [{eer_lo:.3f}-{eer_hi:.3f}] | {r['ap']:.4f} | {100 * r['accuracy']:.1f} % at {r['threshold']:.3f} |")
+
+
+def auc_grid(rows: list[dict], checkpoints: list[str], sets: list[str]) -> np.ndarray:
+    """AUC per (checkpoint, test set); NaN where a cell was not scored or its AUC is undefined."""
+    grid = np.full((len(checkpoints), len(sets)), np.nan)
+    for r in rows:
+        grid[checkpoints.index(r["checkpoint"]), sets.index(r["test_set"])] = np.nan if r["auc"] is None else r["auc"]
+    return grid
 
 
 def plot_heatmap(rows: list[dict], checkpoints: list[str], sets: list[str], path: Path) -> Path:
     """Checkpoints (rows) x test sets (columns), AUC written in each cell."""
-    grid = np.full((len(checkpoints), len(sets)), np.nan)
-    for r in rows:
-        grid[checkpoints.index(r["checkpoint"]), sets.index(r["test_set"])] = r["auc"]
+    grid = auc_grid(rows, checkpoints, sets)
     fig, ax = new_figure(figsize=(2.2 + 1.9 * len(sets), 1.2 + 0.7 * len(checkpoints)))
     shown = ax.imshow(grid, vmin=0.5, vmax=1.0, cmap="viridis")
     for i in range(len(checkpoints)):
@@ -89,28 +129,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
     writable_dir(args.out_dir, "--out-dir")
     writable_dir(args.figures_dir, "--figures-dir")
     several_roots = len(args.data_roots) > 1
+    names = row_labels(args.checkpoints)
     rows = []
-    for path in args.checkpoints:
+    for path, name in zip(args.checkpoints, names):
         model, ckpt = load_model_from_checkpoint(path, device)
         threshold, _ = model.decision_threshold
         for root, dataset in sets:
             test = load_dataset(dataset, "test", root, checkpoint_image_size(ckpt), args.limit, model_normalization(model))
             _, scores, labels = get_soft_scores_and_true_labels(test, model, args.batch_size, device, not args.no_progress)
-            m = compute_metrics(labels, scores, threshold)
-            name = f"{root.name}/{dataset}" if several_roots else dataset
-            rows.append({"checkpoint": label(path), "model": model.model_name, "test_set": name, "n": m["n_samples"],
-                         "auc": m["auc"], "eer": m["eer"], "ap": m["average_precision"], "threshold": threshold,
-                         "accuracy": m["accuracy"], "ci95": bootstrap_intervals(labels, scores, args.bootstrap, args.seed)})
+            test_set = f"{root.name}/{dataset}" if several_roots else dataset
+            rows.append({"checkpoint": name, "model": model.model_name, "test_set": test_set, "threshold": threshold,
+                         **score_cell(labels, scores, threshold, args.bootstrap, args.seed)})
+            atomic_write_json(args.out_dir / "cross_eval.json", rows)  # every cell kept as soon as it is scored
     print("| checkpoint | test set | n | AUC [95 % CI] | EER [95 % CI] | AP | accuracy at its threshold |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        (auc_lo, auc_hi), (eer_lo, eer_hi) = r["ci95"]["auc"], r["ci95"]["eer"]
-        print(f"| {r['checkpoint']} | {r['test_set']} | {r['n']} | {r['auc']:.4f} [{auc_lo:.3f}-{auc_hi:.3f}] | "
-              f"{r['eer']:.4f} [{eer_lo:.3f}-{eer_hi:.3f}] | {r['ap']:.4f} | "
-              f"{100 * r['accuracy']:.1f} % at {r['threshold']:.3f} |")
-    atomic_write_json(args.out_dir / "cross_eval.json", rows)
-    names = list(dict.fromkeys(r["test_set"] for r in rows))
-    plot_heatmap(rows, [label(c) for c in args.checkpoints], names, args.figures_dir / "cross_eval_auc.png")
+        print(table_line(r))
+    sets_seen = list(dict.fromkeys(r["test_set"] for r in rows))
+    plot_heatmap(rows, names, sets_seen, args.figures_dir / "cross_eval_auc.png")
     return rows
 
 

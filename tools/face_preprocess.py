@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import io
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,7 +38,7 @@ from face_detection import (  # noqa: E402
     square_box,
 )
 from faces_dataset import CATALOG_COLUMNS  # noqa: E402
-from utils import UserError, cli_main, positive_float, positive_int, writable_dir  # noqa: E402
+from utils import UserError, atomic_write, cli_main, positive_float, positive_int, writable_dir  # noqa: E402
 
 REAL_NAMES = {"real", "original", "original_sequences", "pristine", "youtube", "actors", "0_real"}
 FAKE_NAMES = {"fake", "manipulated", "manipulated_sequences", "deepfakes", "deepfake", "faceswap", "face2face",
@@ -64,16 +65,45 @@ def split_of(source: str, fractions: tuple[float, float, float], seed: int) -> s
     return SPLIT_NAMES[int(np.searchsorted(edges, u, side="right"))]
 
 
+def crop_stem(relative: Path) -> str:
+    """The file-name stem of a source's crops: its path joined with '_' (extension included, so clip.mp4 and clip.avi
+    differ) and 8 hex digits of the path's hash (so real/a/clip.mp4 and real/a_clip.mp4 differ too)."""
+    readable = "_".join(relative.parts).replace(".", "_")
+    return f"{readable}_{hashlib.sha256(relative.as_posix().encode()).hexdigest()[:8]}"
+
+
 def read_catalog(path: Path) -> tuple[list[dict], set[str]]:
-    """Rows of an existing catalog and the sources already in it (for resuming)."""
+    """Rows of an existing catalog and the sources already in it (for resuming). A last line cut short by a kill is
+    removed from the file with every row of its source, so that source is done again and the next row is not glued
+    onto it."""
     if not path.is_file():
         return [], set()
+    with open(path, newline="") as f:
+        text = f.read()
+    if text and not text.endswith("\n"):
+        complete, _, cut = text.rpartition("\n")
+        cut_fields = next(csv.reader([cut]), [])
+        rows = list(csv.DictReader(io.StringIO(complete + "\n")))
+        source = cut_fields[1] if len(cut_fields) > 1 else (rows[-1]["source"] if rows else None)
+        rows = [r for r in rows if r["source"] != source]
+        atomic_write(path, lambda tmp: write_rows(Path(tmp), rows))
+        print(f"note: the last line of {path} was cut short (an interrupted run); {source} will be done again")
+        return rows, {r["source"] for r in rows}
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     return rows, {r["source"] for r in rows}
 
 
+def write_rows(path: Path, rows: list[dict]) -> None:
+    """A whole catalog: header and rows."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CATALOG_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def append_rows(path: Path, rows: list[dict]) -> None:
+    """Add one source's rows to the catalog (the header first when it is new)."""
     new = not path.is_file()
     with open(path, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CATALOG_COLUMNS)
@@ -98,7 +128,7 @@ def process_source(args, detector: FaceDetector, path: Path, relative: Path, fra
         (args.out_dir / folder).mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OutputError(f"cannot create {args.out_dir / folder} ({err.strerror or err}); pick another --out-dir") from err
-    stem = "_".join(relative.with_suffix("").parts)
+    stem = crop_stem(relative)
     rows = []
     batch: list[tuple[int, float, Image.Image]] = []
 
