@@ -108,8 +108,11 @@ def load_weights(model: nn.Module, ckpt: dict, path: str | Path, name: str) -> n
     try:
         model.load_state_dict(ckpt["model"], strict=True)
     except RuntimeError as err:
-        first = str(err).splitlines()[0]
-        raise UserError(f"checkpoint {path} does not fit the {name} architecture ({first}); pass the matching -m") from err
+        text = str(err)
+        hint = ("a layer's shape differs: it holds another model, or this one built for another input size (a bare "
+                "state dict does not record its size; a train_main.py checkpoint does)"
+                if "size mismatch" in text else "pass the matching -m")
+        raise UserError(f"checkpoint {path} does not fit the {name} architecture ({text.splitlines()[0]}); {hint}") from err
     model.normalization = checkpoint_normalization(ckpt)
     model.decision_threshold = checkpoint_threshold(ckpt)
     return model

@@ -55,8 +55,10 @@ from utils import (
     cli_main,
     get_device,
     model_normalization,
+    non_negative_float,
     positive_float,
     positive_int,
+    probability,
     writable_dir,
 )
 
@@ -344,8 +346,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--annotate", type=Path, help="folder for annotated copies, <name>.annotated.png/.mp4 with boxes and P(fake) drawn in "
                    "(an existing file is never replaced)")
     p.add_argument("--cam", action="store_true", help="with --annotate: each face's Grad-CAM beside the image")
-    p.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="face box growth per side (default: %(default)s)")
-    p.add_argument("--min-prob", type=float, default=DEFAULT_MIN_PROB, help="minimum MTCNN face probability (default: %(default)s)")
+    p.add_argument("--margin", type=non_negative_float, default=DEFAULT_MARGIN, help="face box growth per side (default: %(default)s)")
+    p.add_argument("--min-prob", type=probability, default=DEFAULT_MIN_PROB, help="minimum MTCNN face probability (default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="face crops per model batch (default: %(default)s)")
     p.add_argument("--detect-batch", type=positive_int, default=8, help="frames per MTCNN batch (default: %(default)s)")
     p.add_argument("--extractor", choices=("auto", "ffmpeg", "opencv"), default="auto",

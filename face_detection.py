@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from utils import get_device
 
@@ -154,46 +155,61 @@ def evenly_spaced_indices(total: int, n: int) -> list[int]:
     return [int((k + 0.5) * total / n) for k in range(n)]
 
 
+def count_frames(path: Path) -> int:
+    """The frames a video really holds, counted by reading them (container headers can say 0, or far too few or too
+    many)."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            raise OSError("OpenCV cannot open it")
+        count = 0
+        while cap.grab():
+            count += 1
+        return count
+    finally:
+        cap.release()
+
+
 def sample_frames(path: Path, n: int, extractor: str = "auto") -> Iterator[Frame]:
-    """n evenly spaced frames of a video (DeepfakeBench evaluates 32 per video), decoded in one pass by ffmpeg when it
-    is on PATH (or asked for), else by OpenCV."""
-    if frame_reader(extractor)[1] == "ffmpeg":
-        yield from sample_frames_ffmpeg(path, n)
-        return
-    yield from sample_frames_opencv(path, n)
-
-
-def sample_frames_ffmpeg(path: Path, n: int) -> Iterator[Frame]:
-    """sample_frames through the ffmpeg binary: its select filter keeps exactly the evenly spaced frame numbers."""
-    total, native = video_info(path)
-    if total <= 0:
-        raise OSError("the video reports no frames")
+    """n frames evenly spaced over the frames the video really holds (DeepfakeBench evaluates 32 per video; a header
+    that disagrees is reported), decoded by ffmpeg when it is on PATH (or asked for), else by OpenCV."""
+    header, native = video_info(path)
+    total = count_frames(path)
+    if total == 0:
+        raise OSError("no frame could be decoded")
+    if header != total:
+        tqdm.write(f"note: {path.name}'s header says {header} frames, it holds {total}: sampled over the {total}")
     indices = evenly_spaced_indices(total, n)
+    read = sample_frames_ffmpeg if frame_reader(extractor)[1] == "ffmpeg" else sample_frames_opencv
+    yield from read(path, indices, native)
+
+
+def sample_frames_ffmpeg(path: Path, indices: list[int], native: float) -> Iterator[Frame]:
+    """The frames of these indices through the ffmpeg binary: its select filter keeps exactly those frame numbers."""
     select = "+".join(f"eq(n\\,{i})" for i in indices)
     for index, image in zip(indices, ffmpeg_images(path, ["-vf", f"select={select}", "-vsync", "0"])):
         yield index, index / native, image
 
 
-def sample_frames_opencv(path: Path, n: int) -> Iterator[Frame]:
-    """sample_frames with OpenCV: grab every frame, decode only the chosen ones."""
+def sample_frames_opencv(path: Path, indices: list[int], native: float) -> Iterator[Frame]:
+    """The frames of these indices with OpenCV: grab every frame up to the last one, decode only the chosen ones."""
     import cv2
 
-    total, native = video_info(path)
-    wanted = set(evenly_spaced_indices(total, n)) if total > 0 else None
+    wanted = set(indices)
     cap = cv2.VideoCapture(str(path))
     taken = 0
     try:
         index = 0
-        while wanted is None or index <= max(wanted):
+        while index <= max(wanted):
             if not cap.grab():
                 break
-            if wanted is None or index in wanted:
+            if index in wanted:
                 ok, bgr = cap.retrieve()
                 if ok:
                     taken += 1
                     yield index, index / native, Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-                if wanted is None and taken >= n:
-                    break
             index += 1
     finally:
         cap.release()

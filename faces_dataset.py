@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter, UnidentifiedImageError
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset, Subset
 from torchvision import transforms
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
@@ -46,13 +46,14 @@ def load_rgb(path: Path) -> Image.Image:
     """Open an image as RGB, with an error that names the file when it is unreadable, corrupt or absurdly large."""
     try:
         with Image.open(path) as img:
-            return to_rgb(img)
+            return to_rgb(ImageOps.exif_transpose(img))  # a phone's sideways-stored photo, upright as viewers show it
     except FileNotFoundError as err:
         raise DatasetError(f"image {path} is listed but cannot be found ({err.strerror}); was it deleted or moved?") from err
     except Image.DecompressionBombError as err:
         raise DatasetError(f"image {path} is too large to decode safely ({err}); resize it below 89 megapixels") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DatasetError(f"cannot read image {path} ({err}); the file is corrupt: delete or replace it") from err
+        raise DatasetError(f"cannot read image {path} ({err}); it is not a readable image (corrupt, truncated or "
+                           "another format): check or replace it") from err
 
 
 DECODERS = ("pil", "torchvision")
@@ -69,7 +70,7 @@ def load_image(path: Path, decoder: str = "pil") -> Image.Image | torch.Tensor:
             with Image.open(path) as img:  # reads the header only; raises DecompressionBombError for absurd sizes
                 cmyk = img.mode == "CMYK"
             if not cmyk:
-                return decode_jpeg(read_file(str(path)), mode=ImageReadMode.RGB)
+                return decode_jpeg(read_file(str(path)), mode=ImageReadMode.RGB, apply_exif_orientation=True)
         except (RuntimeError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
             pass  # load_rgb below raises the one-sentence error for it
     return load_rgb(path)
@@ -149,13 +150,15 @@ class CatalogDataset(Dataset):
             if split is not None and "split" not in (reader.fieldnames or []):
                 raise DatasetError(f"catalog {self.csv_path} has no split column; write it again with "
                                    "tools/face_preprocess.py (it assigns every source video to a split)")
-            rows = [r for r in reader if r["label"] not in ("", None) and (split is None or r["split"] == split)]
+            all_rows = list(reader)
+            rows = [r for r in all_rows if r["label"] not in ("", None) and (split is None or r["split"] == split)]
         if not rows:
             which = f" in split {split!r}" if split else ""
-            raise DatasetError(
-                f"catalog {self.csv_path} has no labelled rows{which} (run face_preprocess.py with --label-from folder)"
-            )
-        self.paths = [self._resolve(r["path"]) for r in rows]
+            labelled = split is not None and any(r["label"] not in ("", None) for r in all_rows)
+            advice = ("no source fell into this split: add videos, or change face_preprocess.py's --split fractions"
+                      if labelled else "run face_preprocess.py with --label-from folder")
+            raise DatasetError(f"catalog {self.csv_path} has no labelled rows{which} ({advice})")
+        self.paths = [self._resolve(r["path"], k) for k, r in enumerate(rows)]
         self._sources = [r.get("source") or r["path"] for r in rows]  # the video (or photo) each crop comes from
         try:
             self._labels = [int(r["label"]) for r in rows]
@@ -164,9 +167,15 @@ class CatalogDataset(Dataset):
         if set(self._labels) - {0, 1}:
             raise DatasetError(f"catalog {self.csv_path} has labels other than 0 (real) and 1 (fake)")
 
-    def _resolve(self, path: str) -> Path:
-        p = Path(path)
-        return p if p.is_absolute() else self.csv_path.parent / p
+    def _resolve(self, path: str, row: int) -> Path:
+        """A row's path, relative to the catalog's folder; one that leads outside it (absolute, or through ..) is
+        refused: a catalog only names crops written beside it."""
+        folder = self.csv_path.parent.resolve()
+        resolved = (folder / path).resolve()
+        if Path(path).is_absolute() or not resolved.is_relative_to(folder):
+            raise DatasetError(f"catalog {self.csv_path}, data row {row + 1}: the path {path} leads outside the catalog's "
+                               "folder; catalog paths are relative to it (as tools/face_preprocess.py writes them)")
+        return folder / path
 
     @property
     def labels(self) -> list[int]:
@@ -224,6 +233,8 @@ def dataset_dir(dataset_name: str, split: str, data_root: str | Path | None = No
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     root = Path(data_root) if data_root is not None else DATA_ROOT
+    if root.is_file():
+        raise UserError(f"data root {root} is a file, not a folder; pass the folder that holds {dataset_name}/")
     if not root.is_dir():
         raise UserError(
             f"data root {root} does not exist; pass --data-root DIR (or set FMD_DATA_ROOT), "

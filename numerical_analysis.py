@@ -152,6 +152,10 @@ def main(argv: list[str] | None = None) -> dict:
                            catalog=args.catalog)
         _, val_scores, val_labels = get_soft_scores_and_true_labels(val, model, args.batch_size, device,
                                                                     not args.no_progress, args.num_workers)
+        if len(np.unique(val_labels)) < 2:
+            wanted = "--calibrate" if args.calibrate else "--threshold val-youden"
+            raise UserError(f"{wanted} is fitted on the validation split, which holds only "
+                            f"{'real' if val_labels[0] == 0 else 'fake'} images; it needs both classes")
     if args.threshold == "val-eer":
         value, source = model.decision_threshold
     elif args.threshold == "val-youden":

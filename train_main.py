@@ -321,6 +321,9 @@ def _train(args: argparse.Namespace, world: World, device: torch.device, dataset
     train_ds, val_ds, test_ds = load_splits(args, norm)
     if args.fakes == "dataset":  # pairs hold both classes by construction
         check_classes(train_ds, dataset_name)
+    if args.select_by == "auc" and len(set(dataset_labels(val_ds))) < 2:
+        raise UserError(f"--select-by auc: the {dataset_name} val split holds one class only, so its AUC is undefined "
+                        "and no epoch could be chosen; use --select-by acc or loss, or add the missing class")
     if args.catalog is None and is_demo_data(args.data_root):
         say(f"note: {args.data_root} holds the built-in synthetic demo data, not real faces")
     model = make_model(args)
@@ -355,7 +358,12 @@ def _train(args: argparse.Namespace, world: World, device: torch.device, dataset
         schedule=Schedule(args.scheduler, args.warmup_epochs, args.step_size, args.gamma), select_by=args.select_by,
         balanced_sampler=args.balance == "sampler", world=world, tensorboard_dir=board_dir,
     )
-    record = trainer.run(args.epochs, lp, resume=args.resume)
+    try:
+        record = trainer.run(args.epochs, lp, resume=args.resume)
+    except KeyboardInterrupt:
+        saved = f"epochs 1-{trainer.epoch} are saved in {trainer.paths(lp)['last']}" if trainer.epoch else "no epoch was finished"
+        raise UserError(f"stopped by Ctrl-C during epoch {trainer.epoch + 1}; {saved}: "
+                        + ("run the same command with --resume to go on" if trainer.epoch else "start it again")) from None
     paths = trainer.paths(lp)
     auc = record.get("test_auc_at_best_val")
     say(f"best val ({args.select_by}) at epoch {record['best_epoch']}: val acc {record['best_val_acc']:.2f}%, "

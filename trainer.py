@@ -86,6 +86,18 @@ def lr_factor(epoch: int, total_epochs: int, schedule: Schedule) -> float:
     return 1.0
 
 
+# settings a resumed run must share with the run it continues: they change its data, its batches or its validation
+RESUME_FIXED = ("batch_size", "limit", "augment", "seed", "select_by", "balance", "fakes", "real_faces", "data_root",
+                "catalog", "adv", "eps", "steps", "adv_ratio", "freeze_backbone", "backbone_lr_scale")
+
+
+def changed_settings(saved: dict, now: dict) -> str:
+    """The RESUME_FIXED settings that differ between a run's saved config and the resuming command, as
+    'name: saved -> now' ('' when none do; settings absent from either side, as in older logs, are not compared)."""
+    return ", ".join(f"{key}: {saved[key]!r} -> {now[key]!r}" for key in RESUME_FIXED
+                     if key in saved and key in now and saved[key] != now[key])
+
+
 def is_better(select_by: str, value: float | None, best: float | None) -> bool:
     """Whether a validation value beats the best so far: higher accuracy / AUC, lower loss; None never wins."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -506,6 +518,11 @@ class Trainer:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except (RuntimeError, ValueError, KeyError) as err:
             raise UserError(f"--resume: {paths['last']} does not fit this model or optimizer ({str(err).splitlines()[0]})") from err
+        changed = changed_settings(ckpt["record"].get("config", {}), self.run_config)
+        if changed:
+            raise UserError(f"--resume: {paths['last']} was started with other settings ({changed}); resuming would "
+                            "mix two runs (and compare 'best' across two validation sets): resume with the run's own "
+                            "settings, or start a new run without --resume")
         self.scaler.load_state_dict(ckpt.get("scaler", {}))
         saved_lr = ckpt["record"].get("config", {}).get("lr")
         if saved_lr is not None:  # the schedule continues from the run's own base lr

@@ -61,6 +61,9 @@ def cli_main(main: Callable[..., Any]) -> Callable[..., Any]:
         except UserError as err:
             print(f"error: {one_line(err)}", file=sys.stderr)
             raise SystemExit(2) from None
+        except KeyboardInterrupt:
+            print("\nstopped by Ctrl-C", file=sys.stderr)
+            raise SystemExit(130) from None
 
     return wrapper
 
@@ -173,6 +176,14 @@ def non_negative_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"must be a finite number of 0 or more, got {text}")
+    return value
+
+
+def probability(text: str) -> float:
+    """argparse type: a number in [0, 1] (rejects nan)."""
+    value = float(text)
+    if not 0 <= value <= 1:  # False for nan too
+        raise argparse.ArgumentTypeError(f"must be a probability between 0 and 1, got {text}")
     return value
 
 

@@ -37,8 +37,17 @@ from face_detection import (  # noqa: E402
     frame_reader,
     square_box,
 )
-from faces_dataset import CATALOG_COLUMNS  # noqa: E402
-from utils import UserError, atomic_write, cli_main, positive_float, positive_int, writable_dir  # noqa: E402
+from faces_dataset import CATALOG_COLUMNS, load_rgb  # noqa: E402
+from utils import (  # noqa: E402
+    UserError,
+    atomic_write,
+    cli_main,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    probability,
+    writable_dir,
+)
 
 REAL_NAMES = {"real", "original", "original_sequences", "pristine", "youtube", "actors", "0_real"}
 FAKE_NAMES = {"fake", "manipulated", "manipulated_sequences", "deepfakes", "deepfake", "faceswap", "face2face",
@@ -180,8 +189,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fps", type=positive_float, default=1.0, help="frames sampled per second of video (default: %(default)s)")
     p.add_argument("--max-frames", type=positive_int, default=32, help="at most this many frames per video (default: %(default)s)")
     p.add_argument("--size", type=positive_int, default=256, help="side of the saved square crops (default: %(default)s)")
-    p.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="box growth per side, share of its size (default: %(default)s)")
-    p.add_argument("--min-prob", type=float, default=DEFAULT_MIN_PROB, help="minimum MTCNN face probability (default: %(default)s)")
+    p.add_argument("--margin", type=non_negative_float, default=DEFAULT_MARGIN, help="box growth per side, share of its size (default: %(default)s)")
+    p.add_argument("--min-prob", type=probability, default=DEFAULT_MIN_PROB, help="minimum MTCNN face probability (default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="frames per MTCNN batch (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     p.add_argument("--label-from", choices=("folder", "none"), default="folder", help="label source (default: folder)")
@@ -229,8 +238,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if videos:
                 frames = read(path, args.fps, args.max_frames)
             else:
-                with Image.open(path) as img:
-                    frames = iter([(0, 0.0, img.convert("RGB"))])
+                frames = iter([(0, 0.0, load_rgb(path))])  # the training loader's: EXIF orientation, 16-bit
             new_rows = process_source(args, detector, path, relative, frames)
         except OutputError:
             raise
