@@ -199,31 +199,36 @@ class CatalogDataset(Dataset):
         return image, self._labels[index]
 
 
+AUGMENTATIONS = ("artefacts", "cnndetection")
+
+
 def get_transforms(
-    train: bool, image_size: int = IMAGE_SIZE, norm: Normalization = ASSIGNMENT_NORM, augment: bool = False
+    train: bool, image_size: int = IMAGE_SIZE, norm: Normalization = ASSIGNMENT_NORM, augment: bool | str = False,
+    crop: int | None = None,
 ) -> Callable[[Image.Image], torch.Tensor]:
     """The assignment's transforms (resize, a random flip when training, to tensor, normalise with the model's `norm`).
 
-    augment=True (training only) adds the artefact-aware recipe detectors are trained with (CNNDetection, DeepfakeBench):
-    JPEG re-compression (quality 30-95, p=0.5), Gaussian blur (sigma 0.1-2, p=0.3) and colour jitter (p=0.5), so the
-    model cannot lean on compression or sharpness alone. Labels and output shapes are unchanged.
+    Training only: augment (True or 'artefacts') adds the artefact-aware recipe face-swap detectors are trained with
+    (DeepfakeBench): JPEG re-compression (quality 30-95, p=0.5), Gaussian blur (sigma 0.1-2, p=0.3) and colour jitter
+    (p=0.5); 'cnndetection' is Wang et al.'s (CVPR 2020) recipe for GAN images, which lets a detector trained on one GAN
+    catch others: Gaussian blur (sigma 0-3, p=0.5) and JPEG (quality 30-100, p=0.5). crop, when given, takes a random
+    crop x crop window of the image at image_size instead of using it whole (CNNDetection trains on crops at native
+    resolution: give image_size = the images' own size). Labels are unchanged; evaluation sees the whole image.
     """
-    if not (train and augment):  # PIL images or uint8 tensors (torchvision.io); for PIL exactly ToTensor's numbers
-        steps: list[Any] = [v2.Resize((image_size, image_size))]
-        if train:
-            steps.append(v2.RandomHorizontalFlip())
-        steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(norm.mean, norm.std)]
-        return v2.Compose(steps)
-    return v2.Compose([
-        v2.Resize((image_size, image_size)),
-        v2.RandomHorizontalFlip(),
-        v2.ToImage(),
-        v2.RandomApply([v2.JPEG((30, 95))], p=0.5),
-        v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 2.0))], p=0.3),
-        v2.RandomApply([v2.ColorJitter(0.2, 0.2, 0.2, 0.02)], p=0.5),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(norm.mean, norm.std),
-    ])
+    steps: list[Any] = [v2.Resize((image_size, image_size))]
+    if train and crop is not None:
+        steps.append(v2.RandomCrop(crop))
+    if train:
+        steps.append(v2.RandomHorizontalFlip())
+    steps.append(v2.ToImage())  # PIL images or uint8 tensors (torchvision.io); for PIL exactly ToTensor's numbers
+    if train and augment in (True, "artefacts"):
+        steps += [v2.RandomApply([v2.JPEG((30, 95))], p=0.5),
+                  v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 2.0))], p=0.3),
+                  v2.RandomApply([v2.ColorJitter(0.2, 0.2, 0.2, 0.02)], p=0.5)]
+    elif train and augment == "cnndetection":
+        steps += [v2.RandomApply([v2.GaussianBlur(19, sigma=(1e-3, 3.0))], p=0.5),
+                  v2.RandomApply([v2.JPEG((30, 100))], p=0.5)]
+    return v2.Compose(steps + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(norm.mean, norm.std)])
 
 
 def dataset_dir(dataset_name: str, split: str, data_root: str | Path | None = None) -> Path:
@@ -294,19 +299,21 @@ def load_dataset(
     image_size: int = IMAGE_SIZE,
     limit: int | None = None,
     norm: Normalization = ASSIGNMENT_NORM,
-    augment: bool = False,
+    augment: bool | str = False,
     pixel_transform: Callable[[Image.Image], Image.Image] | None = None,
     catalog: str | Path | None = None,
     decoder: str = DEFAULT_DECODER,
+    crop: int | None = None,
 ) -> Dataset:
-    """One split with the assignment's transforms for `norm` (flip on the train split; `augment` adds the recipe).
+    """One split with the assignment's transforms for `norm` (flip on the train split; `augment` adds a recipe and
+    `crop` random crops, see get_transforms).
 
     pixel_transform, when given, alters each RGB image before the model's transform (e.g. a JPEG re-compression);
     it works on PIL images, so JPEGs are then decoded by Pillow instead of `decoder`.
     catalog, when given, reads the split's rows of that catalog.csv instead of <data_root>/<dataset_name>/<split>.
     """
     train = dataset_part == "train"
-    transform = get_transforms(train, image_size, norm, augment and train)
+    transform = get_transforms(train, image_size, norm, augment if train else False, crop if train else None)
     if pixel_transform is not None:
         transform = transforms.Compose([pixel_transform, transform])
         decoder = "pil"

@@ -51,6 +51,7 @@ from common import (
 )
 from distributed import World, setup, sum_across, teardown
 from faces_dataset import (
+    AUGMENTATIONS,
     DECODERS,
     DEFAULT_DECODER,
     catalog_run_name,
@@ -99,7 +100,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gamma", type=positive_float, default=0.1, help="--scheduler step: decay factor (default: 0.1)")
     p.add_argument("--select-by", choices=SELECT_BY, default="acc",
                    help="validation metric that picks the best checkpoint (default: %(default)s, the assignment's)")
-    p.add_argument("--augment", action="store_true", help="train-time JPEG re-compression, blur and colour jitter")
+    p.add_argument("--augment", nargs="?", const=True, default=False, choices=AUGMENTATIONS,
+                   help="train-time augmentation: artefacts (the default when the flag has no value: JPEG, blur and "
+                   "colour jitter) or cnndetection (blur sigma 0-3 and JPEG 30-100, each half the time: for GAN faces)")
+    p.add_argument("--random-crop", type=positive_int, metavar="N",
+                   help="train on random N x N crops of the image at --image-size instead of the whole image "
+                   "(CNNDetection: native resolution, e.g. --image-size 256 --random-crop 224; evaluation sees it whole)")
     p.add_argument("--fakes", choices=FAKE_MODES, default="dataset",
                    help="training fakes: the dataset's own, self-blends of its real faces (self_blend.py; validated on "
                    "self-blends of the val split's real faces, so no dataset fake is ever seen), or both (default: %(default)s)")
@@ -157,6 +163,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--real-faces {args.real_faces} is not a folder")
     if args.image_size is None:
         args.image_size = MODEL_SPECS[args.model].image_size
+    if args.augment == "artefacts":  # the flag's default recipe, logged as True like before the recipes had names
+        args.augment = True
+    if args.random_crop is not None and args.random_crop > args.image_size:
+        p.error(f"--random-crop {args.random_crop} is larger than the image ({args.image_size} px)")
     return args
 
 
@@ -212,7 +222,8 @@ def load_splits(args: argparse.Namespace, norm: Normalization) -> tuple:
     the train split is (real, self-blend) pairs and val the self-blends of the val split's real faces, with --fakes
     both the train pairs are followed by the dataset's own fakes two by two."""
     splits = [load_dataset(args.dataset, split, args.data_root, args.image_size, args.limit, norm, args.augment,
-                           catalog=args.catalog, decoder=args.decoder) for split in ("train", "val", "test")]
+                           catalog=args.catalog, decoder=args.decoder, crop=args.random_crop)
+              for split in ("train", "val", "test")]
     if args.fakes == "dataset":
         return tuple(splits)
     plain = get_transforms(False, args.image_size, norm)

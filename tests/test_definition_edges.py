@@ -251,3 +251,33 @@ def test_val_youden_is_chosen_on_the_validation_scores(demo_root, tmp_path, monk
     ((labels, scores),) = seen
     assert np.array_equal(labels, val_labels) and np.allclose(scores, val_scores)
     assert result["val_threshold"] == 0.5 and result["val_threshold_source"] == "validation Youden J"
+
+
+def test_random_crops_are_windows_of_the_image_at_its_size_and_evaluation_sees_it_whole():
+    from faces_dataset import get_transforms
+    from utils import Normalization
+
+    plain = Normalization((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    pixels = (np.arange(64 * 64 * 3).reshape(64, 64, 3) % 251).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    torch.manual_seed(0)
+    for _ in range(5):
+        out = (get_transforms(True, 64, plain, crop=48)(image) * 255).round().byte().permute(1, 2, 0).numpy()
+        assert out.shape == (48, 48, 3)
+        windows = [pixels[t:t + 48, left:left + 48] for t in range(17) for left in range(17)]
+        assert any(np.array_equal(out, w) or np.array_equal(out, w[:, ::-1]) for w in windows)  # cut out, not resampled
+    assert tuple(get_transforms(False, 64, plain, crop=48)(image).shape) == (3, 64, 64)
+
+
+def test_the_cnndetection_recipe_is_wang_et_als_blur_and_jpeg_each_half_the_time():
+    from torchvision.transforms import v2
+
+    from faces_dataset import get_transforms
+
+    steps = get_transforms(True, 32, augment="cnndetection").transforms
+    applied = [(s.p, s.transforms[0]) for s in steps if isinstance(s, v2.RandomApply)]
+    assert [type(t).__name__ for _, t in applied] == ["GaussianBlur", "JPEG"] and [p for p, _ in applied] == [0.5, 0.5]
+    (_, blur), (_, jpeg) = applied
+    assert blur.sigma[0] < 0.01 and blur.sigma[1] == 3.0 and blur.kernel_size[0] >= 6 * 3 + 1  # sigma 0-3, kernel fits it
+    assert list(jpeg.quality) == [30, 100]
+    assert not any(isinstance(s, v2.ColorJitter) for s in steps)
