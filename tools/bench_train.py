@@ -2,6 +2,7 @@
 
     python tools/bench_train.py                       # SimpleNet, 256x256, batch 32, 128 demo images, 2 rounds
     python tools/bench_train.py --model Bonus --limit 256 --rounds 3
+    python tools/bench_train.py --model EfficientNetLite0 --image-size 224 --self-blend --data-root ../shared/data
 
 The bare loop is what anyone would write: the same DataLoader settings, forward, loss, backward, step, nothing else.
 Rounds alternate (bare, trainer, bare, trainer, ...) after one warm-up epoch of each, and the median of each is
@@ -21,8 +22,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import DATA_ROOT, DEFAULT_BATCH_SIZE, IMAGE_SIZE  # noqa: E402
-from faces_dataset import DECODERS, DEFAULT_DECODER, load_dataset  # noqa: E402
+from faces_dataset import DECODERS, DEFAULT_DECODER, get_transforms, load_dataset, split_paths  # noqa: E402
+from landmarks import folder_landmarks  # noqa: E402
 from models import MODEL_NAMES, build_model  # noqa: E402
+from self_blend import SelfBlendPairs  # noqa: E402
 from trainer import Trainer  # noqa: E402
 from utils import get_device, make_loader, set_seed  # noqa: E402
 
@@ -88,6 +91,31 @@ def compare(model_name: str, data_root: Path, limit: int, batch_size: int, image
     return result
 
 
+def compare_self_blend(model_name: str, data_root: Path, limit: int, batch_size: int, image_size: int, rounds: int,
+                       device: torch.device, num_workers: int | None = None) -> dict:
+    """Median Trainer images/second on the dataset's own train images and on self-blended pairs of its real faces
+    (same model, alternating rounds): what --fakes self-blend costs."""
+    set_seed(0)
+    dataset = load_dataset("fakes_dataset", "train", data_root, image_size, limit)
+    reals = split_paths(load_dataset("fakes_dataset", "train", data_root, image_size), 0)[: max(1, limit // 2)]
+    pairs = SelfBlendPairs(reals, folder_landmarks(reals), get_transforms(False, image_size))
+    model = build_model(model_name, pretrained=False, image_size=image_size).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    trainers = {name: Trainer(model, optimizer, nn.CrossEntropyLoss(), batch_size, data, dataset, dataset, device=device,
+                              num_workers=num_workers, progress=True) for name, data in (("dataset", dataset), ("self-blend", pairs))}
+    images = {"dataset": len(dataset), "self-blend": 2 * len(pairs)}
+    for trainer in trainers.values():
+        trainer.train_one_epoch()  # warm-up
+    speeds: dict[str, list[float]] = {name: [] for name in trainers}
+    for _ in range(rounds):
+        for name, trainer in trainers.items():
+            speeds[name].append(images[name] / timed(trainer.train_one_epoch))
+    result = {"model": model_name, "image_size": image_size, "batch_size": batch_size, "device": str(device),
+              **{f"{name}_img_s": statistics.median(v) for name, v in speeds.items()}}
+    result["ratio"] = result["self-blend_img_s"] / result["dataset_img_s"]
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=MODEL_NAMES, default="SimpleNet")
@@ -99,7 +127,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--num-workers", type=int, help="DataLoader workers (default: the suite's choice)")
     p.add_argument("--decoder", choices=DECODERS, default=DEFAULT_DECODER, help="JPEG decoder (default: %(default)s)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--self-blend", action="store_true", help="compare the Trainer on the dataset's images with the "
+                   "Trainer on self-blended pairs of its real faces (--fakes self-blend) instead")
     args = p.parse_args(argv)
+    if args.self_blend:
+        r = compare_self_blend(args.model, args.data_root, args.limit, args.batch_size, args.image_size, args.rounds,
+                               get_device(args.device), args.num_workers)
+        print(f"{r['model']} {r['image_size']}px batch {r['batch_size']} on {r['device']}: dataset images "
+              f"{r['dataset_img_s']:.1f} img/s, self-blended pairs {r['self-blend_img_s']:.1f} img/s, ratio {r['ratio']:.3f} "
+              "(target > 0.5: self-blending must not halve throughput)")
+        return r
     r = compare(args.model, args.data_root, args.limit, args.batch_size, args.image_size, args.rounds,
                 get_device(args.device), args.num_workers, args.decoder)
     print(f"{r['model']} {r['image_size']}px batch {r['batch_size']} on {r['device']} ({r['workers']} workers, {r['decoder']}, "
