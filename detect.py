@@ -3,6 +3,7 @@
     python detect.py photo.jpg -cpp checkpoints/fakes_dataset_EfficientNetLite0_Adam.pt
     python detect.py clips/ "shots/*.png" -cpp checkpoints/bonus.pt --out results.csv --annotate annotated/
     python detect.py clip.mp4 -cpp CKPT --frames 64 --aggregate confident --threshold 0.6
+    python detect.py shots/ -cpp CKPT --threshold val-eer:my_labelled_crops/   # a threshold chosen on data like yours
     python detect.py selfie.png -cpp CKPT --annotate annotated/ --cam      # with each face's Grad-CAM beside it
 
 The model is rebuilt from the checkpoint (-m is optional and checked) and sees each face as it saw its training data:
@@ -46,8 +47,8 @@ from face_detection import (
     sample_frames,
     square_box,
 )
-from faces_dataset import DatasetError, get_transforms, load_rgb
-from metrics import AGGREGATES, aggregate
+from faces_dataset import DatasetError, FacesDataset, get_transforms, load_rgb
+from metrics import AGGREGATES, aggregate, equal_error_rate
 from models import MODEL_NAMES, checkpoint_image_size, load_model_from_checkpoint
 from utils import (
     UserError,
@@ -330,6 +331,30 @@ def print_table(results: list[FileResult], threshold: float, source: str) -> Non
         print(f"{r.file:{width}s}  {len(r.faces):5d}  {score:>7s}  {r.verdict}")
 
 
+def threshold_arg(text: str) -> float | Path:
+    """--threshold: a probability, or val-eer:DIR (a folder with real/ and fake/ face crops to calibrate on)."""
+    if text.startswith("val-eer:"):
+        folder = Path(text[len("val-eer:"):])
+        if not ((folder / "real").is_dir() and (folder / "fake").is_dir()):
+            raise argparse.ArgumentTypeError(f"{text}: {folder} must hold real/ and fake/ face crops")
+        return folder
+    try:
+        return probability(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"must be a probability in [0, 1] or val-eer:DIR, got {text}") from err
+
+
+def folder_threshold(folder: Path, scorer: Scorer) -> tuple[float, str]:
+    """The EER threshold of the model on a folder of labelled face crops (real/, fake/), and how it was chosen."""
+    dataset = FacesDataset(folder)
+    scores = np.concatenate([scorer([dataset[i][0] for i in range(start, min(start + scorer.batch_size, len(dataset)))])
+                             for start in range(0, len(dataset), scorer.batch_size)])
+    labels = np.array(dataset.labels)
+    if len(np.unique(labels)) < 2:
+        raise UserError(f"--threshold val-eer:{folder}: it needs real and fake images, found only one class")
+    return equal_error_rate(labels, scores)[1], f"EER on {folder} ({len(labels)} crops)"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", help="images, videos, folders (searched recursively) or glob patterns")
@@ -340,8 +365,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     frames.add_argument("--frames", type=positive_int, default=32, help="evenly spaced frames per video (default: 32)")
     frames.add_argument("--fps", type=positive_float, help="or: frames sampled per second of video")
     p.add_argument("--aggregate", choices=AGGREGATES, default="mean", help="video score from frame scores (default: mean)")
-    p.add_argument("--threshold", type=float, help="P(fake) at or above which a file is called fake "
-                   "(default: the validation EER threshold saved with the checkpoint, else 0.5)")
+    p.add_argument("--threshold", type=threshold_arg, metavar="P|val-eer:DIR",
+                   help="P(fake) at or above which a file is called fake, or val-eer:DIR for the EER threshold of the "
+                   "model on DIR's real/ and fake/ face crops, data like yours (default: the validation EER threshold "
+                   "saved with the checkpoint, else 0.5)")
     p.add_argument("--out", type=Path, help="write one row per face and per file to a .csv or .json file")
     p.add_argument("--annotate", type=Path, help="folder for annotated copies, <name>.annotated.png/.mp4 with boxes and P(fake) drawn in "
                    "(an existing file is never replaced)")
@@ -355,8 +382,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
-    if args.threshold is not None and not 0 <= args.threshold <= 1:
-        p.error("--threshold is a probability in [0, 1]")
     if args.out is not None and args.out.suffix.lower() not in (".csv", ".json"):
         p.error("--out must end in .csv or .json")
     if args.cam and args.annotate is None:
@@ -416,8 +441,11 @@ def main(argv: list[str] | None = None) -> list[FileResult]:
     if args.out is not None:
         writable_dir(args.out.parent, "--out's folder")
     model, ckpt = load_model_from_checkpoint(args.checkpoint_path, device, expected_model=args.model)
-    threshold, source = (args.threshold, "--threshold") if args.threshold is not None else model.decision_threshold
     scorer = Scorer(model, checkpoint_image_size(ckpt), device, args.batch_size)
+    if isinstance(args.threshold, Path):
+        threshold, source = folder_threshold(args.threshold, scorer)
+    else:
+        threshold, source = (args.threshold, "--threshold") if args.threshold is not None else model.decision_threshold
     detector = FaceDetector(args.device, args.min_prob)
     targets = annotation_targets(inputs, args.annotate) if args.annotate is not None else {}
     results = []

@@ -187,3 +187,28 @@ def test_ffmpeg_and_opencv_sample_the_same_frames(media):
     assert [f[0] for f in by_ffmpeg] == [f[0] for f in by_opencv] == [2, 6, 10, 14, 18]
     for (_, t1, a), (_, t2, b) in zip(by_ffmpeg, by_opencv):
         assert t1 == t2 and np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).mean() < 2
+
+
+def test_a_threshold_calibrated_on_a_folder_of_labelled_crops_is_its_eer_threshold(media, checkpoint, tmp_path, capsys):
+    from metrics import equal_error_rate
+
+    rng = np.random.default_rng(0)
+    labels, scores = [], []
+    for label, folder in ((0, "real"), (1, "fake")):
+        (tmp_path / "cal" / folder).mkdir(parents=True)
+        for k in range(6):  # redder crops are faker for the constructed detector; the classes overlap
+            tint = rng.uniform(0.3, 0.8) + 0.15 * label
+            crop = Image.fromarray((np.asarray(data.astronaut()[60:200, 170:290], dtype=float) * [tint, 1, 1]).astype(np.uint8))
+            crop.save(tmp_path / "cal" / folder / f"{k}.png")
+            with torch.no_grad():
+                x = get_transforms(False, SIZE, NORM)(Image.open(tmp_path / "cal" / folder / f"{k}.png").convert("RGB"))
+                scores.append(float(torch.softmax(Redness()(x[None]), 1)[0, 1]))
+            labels.append(label)
+    expected = equal_error_rate(np.array(labels), np.array(scores))[1]
+    detect.main([str(media / "astronaut.png"), "-cpp", str(checkpoint), "--no-progress", "--threshold",
+                 f"val-eer:{tmp_path / 'cal'}", "--out", str(tmp_path / "r.json")])
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["threshold"] == pytest.approx(expected, abs=1e-6) and saved["threshold"] != 0.42
+    assert saved["threshold_source"] == f"EER on {tmp_path / 'cal'} (12 crops)"
+    with pytest.raises(SystemExit):
+        detect.parse_args(["x.jpg", "-cpp", "c.pt", "--threshold", f"val-eer:{tmp_path / 'nowhere'}"])
