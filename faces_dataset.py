@@ -168,13 +168,15 @@ class CatalogDataset(Dataset):
             raise DatasetError(f"catalog {self.csv_path} has labels other than 0 (real) and 1 (fake)")
 
     def _resolve(self, path: str, row: int) -> Path:
-        """A row's path, relative to the catalog's folder; one that leads outside it (absolute, or through ..) is
-        refused: a catalog only names crops written beside it."""
+        """A row's path: an absolute one as written (the catalog names that file on purpose), a relative one under the
+        catalog's folder; a relative path that climbs out of it (through ..) is refused."""
+        if Path(path).is_absolute():
+            return Path(path)
         folder = self.csv_path.parent.resolve()
-        resolved = (folder / path).resolve()
-        if Path(path).is_absolute() or not resolved.is_relative_to(folder):
-            raise DatasetError(f"catalog {self.csv_path}, data row {row + 1}: the path {path} leads outside the catalog's "
-                               "folder; catalog paths are relative to it (as tools/face_preprocess.py writes them)")
+        if not (folder / path).resolve().is_relative_to(folder):
+            raise DatasetError(f"catalog {self.csv_path}, data row {row + 1}: the relative path {path} leads outside the "
+                               "catalog's folder; relative paths stay under it (write an absolute path to name a file "
+                               "elsewhere)")
         return folder / path
 
     @property
