@@ -170,6 +170,9 @@ done
 step "cross-dataset AUC (each EfficientNetLite0 on both datasets)" "$PY" tools/cross_eval.py --checkpoints \
   "$CKPT/fakes_dataset_EfficientNetLite0_Adam.pt" "$CKPT/synthetic_dataset_EfficientNetLite0_Adam.pt" --data-roots "$ROOT" \
   --out-dir "$OUT" --figures-dir "$FIG" --device "$DEVICE" --no-progress "${LITE_LIMIT[@]}"
+# what self-blended training (train_main.py --fakes self-blend, README "Generalization") makes of six real train faces
+step "self-blended training images (figure)" "$PY" tools/show_self_blends.py --data-root "$ROOT" -d fakes_dataset -n 6 \
+  --out "$FIG/self_blend_triplets.png"
 
 # ---- bonus: the compact model, published to checkpoints/bonus.pt ----------------------------------------------------
 step "train Bonus on fakes_dataset" train -d fakes_dataset -m Bonus --lr 0.01 -b 32 -e "$E_BONUS" -o Adam \

@@ -25,7 +25,7 @@ EXPECTED_FIGURES = ["datasets_samples.png"] + [
     f"{d}_EfficientNetLite0_{kind}.png" for d in ("synthetic_dataset", "fakes_dataset")
     for kind in ("losses_plot", "accuracies_plot", "roc_curve", "det_curve", "saliency_maps_and_images_pairs",
                  "Real_Image_grad_cam", "Fake_Image_grad_cam")
-] + ["cross_eval_auc.png"]
+] + ["cross_eval_auc.png", "self_blend_triplets.png"]
 
 
 @pytest.mark.slow

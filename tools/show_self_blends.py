@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> Path:
             if row == 0:
                 ax.set_title(columns[col], fontsize=9)
         axes[row, 1].set_ylabel(f"max {mask.max():.2f}", fontsize=8)
-    fig.suptitle("Self-blended training images: each fake made from one real face (the last column: a real swap)", fontsize=10)
+    fig.suptitle("Self-blended training images: each fake made from one real face (last column: one of the dataset's own fakes)",
+                 fontsize=10)
     path = save_figure(fig, args.out)
     print(f"saved {path}")
     return path
