@@ -5,8 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+check_python() {  # the pinned numpy, scipy, matplotlib and scikit-learn need 3.11: say so before pip fails inside
+  "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+    || { echo "error: Python 3.11 or newer is needed (found $("$1" --version 2>&1)); set PYTHON=python3.11 or newer" >&2; exit 1; }
+}
+
 if [ "${FMD_NO_VENV:-0}" = "1" ]; then
   PY=${PYTHON:-python3}
+  check_python "$PY"
   grep -vE '^(torch|torchvision)==' requirements.txt > /tmp/fmd-requirements-novenv.txt
   "$PY" -m pip install -q -r /tmp/fmd-requirements-novenv.txt
   "$PY" -m pip install -q --no-deps -r requirements-nodeps.txt
@@ -20,7 +26,7 @@ if [ -x "$VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; the
   exit 0
 fi
 PY=${PYTHON:-python3}
-"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 9))' || { echo "error: Python 3.9 or newer is needed (found $("$PY" --version))" >&2; exit 1; }
+check_python "$PY"
 [ -x "$VENV/bin/python" ] || { echo "creating $VENV with $("$PY" --version)"; "$PY" -m venv "$VENV"; }
 echo "installing pinned requirements into $VENV (a few minutes the first time)..."
 quiet_pip() {  # this machine's pip config names local index folders that may be absent: hide those warnings only
