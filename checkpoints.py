@@ -6,7 +6,8 @@ checkpoint this suite writes holds only tensors, dicts, lists, strings, numbers,
 optimizer state dicts, RNG states as tensors, the run record), and every read refuses anything else with one sentence.
 
 Layout ("format": "fmd-checkpoint-v2"): model, optimizer, scaler, epoch, model_name, model_kwargs, normalization
-({"mean", "std"}), threshold ({"value", "source"}), rng, logging_parameters, record. Older checkpoints of this suite
+({"mean", "std"}), threshold ({"value", "source"}), framing ({"margin", "source"}: how the training faces were cropped,
+which detect.py repeats), logging_parameters, record. Older checkpoints of this suite
 and the assignment's bare {"model": state_dict} (or a bare state dict) still load; without a normalization entry
 they are read as the assignment's mean = std = 0.5.
 """
@@ -101,6 +102,15 @@ def checkpoint_threshold(ckpt: dict) -> tuple[float, str]:
     if isinstance(entry, dict) and entry.get("value") is not None:
         return float(entry["value"]), str(entry.get("source", "checkpoint"))
     return DEFAULT_THRESHOLD, "default 0.5 (the checkpoint stores no validation threshold)"
+
+
+def checkpoint_framing(ckpt: dict, default: float) -> tuple[float, str]:
+    """(margin around an MTCNN box, where it came from) of the faces the model was trained on; `default` for
+    checkpoints that do not record it."""
+    entry = ckpt.get("framing")
+    if isinstance(entry, dict) and entry.get("margin") is not None:
+        return float(entry["margin"]), str(entry.get("source", "checkpoint"))
+    return default, "default (the checkpoint does not say how its faces were framed)"
 
 
 def load_weights(model: nn.Module, ckpt: dict, path: str | Path, name: str) -> nn.Module:

@@ -23,6 +23,7 @@ import argparse
 import csv
 import glob
 import json
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 from tqdm import tqdm
 
+from checkpoints import checkpoint_framing
 from common import IMAGE_EXTENSIONS
 from face_detection import (
     DEFAULT_MARGIN,
@@ -56,7 +58,6 @@ from utils import (
     cli_main,
     get_device,
     model_normalization,
-    non_negative_float,
     positive_float,
     positive_int,
     probability,
@@ -331,6 +332,14 @@ def print_table(results: list[FileResult], threshold: float, source: str) -> Non
         print(f"{r.file:{width}s}  {len(r.faces):5d}  {score:>7s}  {r.verdict}")
 
 
+def margin_arg(text: str) -> float:
+    """--margin: a finite share of the box side above -0.5 (at -0.5 the box would vanish)."""
+    value = float(text)
+    if not (math.isfinite(value) and value > -0.5):
+        raise argparse.ArgumentTypeError(f"must be a finite number above -0.5, got {text}")
+    return value
+
+
 def threshold_arg(text: str) -> float | Path:
     """--threshold: a probability, or val-eer:DIR (a folder with real/ and fake/ face crops to calibrate on)."""
     if text.startswith("val-eer:"):
@@ -373,7 +382,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--annotate", type=Path, help="folder for annotated copies, <name>.annotated.png/.mp4 with boxes and P(fake) drawn in "
                    "(an existing file is never replaced)")
     p.add_argument("--cam", action="store_true", help="with --annotate: each face's Grad-CAM beside the image")
-    p.add_argument("--margin", type=non_negative_float, default=DEFAULT_MARGIN, help="face box growth per side (default: %(default)s)")
+    p.add_argument("--margin", type=margin_arg, help="face box growth per side, a share of its size (negative: tighter; "
+                   f"default: how the checkpoint's training faces were framed, else {DEFAULT_MARGIN})")
     p.add_argument("--min-prob", type=probability, default=DEFAULT_MIN_PROB, help="minimum MTCNN face probability (default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="face crops per model batch (default: %(default)s)")
     p.add_argument("--detect-batch", type=positive_int, default=8, help="frames per MTCNN batch (default: %(default)s)")
@@ -442,6 +452,9 @@ def main(argv: list[str] | None = None) -> list[FileResult]:
         writable_dir(args.out.parent, "--out's folder")
     model, ckpt = load_model_from_checkpoint(args.checkpoint_path, device, expected_model=args.model)
     scorer = Scorer(model, checkpoint_image_size(ckpt), device, args.batch_size)
+    if args.margin is None:  # crop a user's faces the way the model's training faces were cropped
+        args.margin, framing = checkpoint_framing(ckpt, DEFAULT_MARGIN)
+        print(f"face crops framed like the training faces: margin {args.margin:+.2f} ({framing}); --margin overrides")
     if isinstance(args.threshold, Path):
         threshold, source = folder_threshold(args.threshold, scorer)
     else:

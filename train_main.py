@@ -43,6 +43,7 @@ from common import (
     DEFAULT_OPTIMIZER,
     DEFAULT_PGD_STEPS,
     DEFAULT_SEED,
+    FRAMING_MARGINS,
     OPTIMIZERS,
     OUT_DIR,
     SCHEDULERS,
@@ -50,6 +51,7 @@ from common import (
     TENSORBOARD_DIR,
 )
 from distributed import World, setup, sum_across, teardown
+from face_detection import DEFAULT_MARGIN
 from faces_dataset import (
     AUGMENTATIONS,
     DECODERS,
@@ -248,6 +250,13 @@ def run_dataset_name(args: argparse.Namespace) -> str:
     return args.dataset if args.catalog is None else catalog_run_name(args.catalog)
 
 
+def training_framing(args: argparse.Namespace) -> dict:
+    """How the training faces are framed, as a margin around an MTCNN box (saved in the checkpoint for detect.py)."""
+    if args.catalog is not None:
+        return {"margin": DEFAULT_MARGIN, "source": "tools/face_preprocess.py crops (default --margin)"}
+    return {"margin": FRAMING_MARGINS[args.dataset], "source": f"{args.dataset} (measured)"}
+
+
 FAKE_TAGS = {"dataset": "", "self-blend": "selfblend", "both": "selfblend+dataset"}
 
 
@@ -357,7 +366,7 @@ def _train(args: argparse.Namespace, world: World, device: torch.device, dataset
         weight = (counts.sum() / (2 * counts)).to(device)
     alpha = args.alpha if args.alpha is not None else pgd_step_size(args.eps, args.steps)
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    config.update(alpha=alpha, n_params=get_nof_params(model), n_params_total=sum(p.numel() for p in model.parameters()),
+    config.update(framing=training_framing(args), alpha=alpha, n_params=get_nof_params(model), n_params_total=sum(p.numel() for p in model.parameters()),
                   device=str(device), torch=torch.__version__, normalization=norm.to_dict(),
                   class_weights=weight.tolist() if weight is not None else None, world_size=world.size)
     model_kwargs = {"image_size": args.image_size}

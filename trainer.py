@@ -493,6 +493,7 @@ class Trainer:
             "model_kwargs": self.model_kwargs,
             "normalization": self.norm.to_dict(),
             "threshold": {"value": threshold, "source": "validation EER"} if threshold is not None else None,
+            "framing": self.run_config.get("framing"),
             "logging_parameters": asdict(lp),
             "record": record,
             "format": FORMAT,

@@ -212,3 +212,28 @@ def test_a_threshold_calibrated_on_a_folder_of_labelled_crops_is_its_eer_thresho
     assert saved["threshold_source"] == f"EER on {tmp_path / 'cal'} (12 crops)"
     with pytest.raises(SystemExit):
         detect.parse_args(["x.jpg", "-cpp", "c.pt", "--threshold", f"val-eer:{tmp_path / 'nowhere'}"])
+
+
+def test_faces_are_cut_the_way_the_checkpoints_training_faces_were(media, checkpoint, tmp_path, capsys, demo_root):
+    from checkpoints import read_checkpoint
+    from face_detection import square_box
+
+    framed = tmp_path / "framed.pt"
+    save_checkpoint({**read_checkpoint(checkpoint), "framing": {"margin": -0.15, "source": "fakes_dataset (measured)"}},
+                    framed)
+    photo = str(media / "astronaut.png")
+    (own,) = detect.main([photo, "-cpp", str(framed), "--no-progress"])
+    assert "margin -0.15 (fakes_dataset (measured))" in capsys.readouterr().out
+    (given,) = detect.main([photo, "-cpp", str(framed), "--no-progress", "--margin", "-0.15"])
+    (default,) = detect.main([photo, "-cpp", str(checkpoint), "--no-progress"])  # no framing saved: 0.3
+    assert own.faces[0].box == given.faces[0].box != default.faces[0].box
+    side = lambda box: box[2] - box[0]  # noqa: E731
+    assert side(default.faces[0].box) / side(own.faces[0].box) == pytest.approx(1.6 / 0.7, rel=0.03)
+    import train_main
+
+    train_main.main(["-d", "synthetic_dataset", "-m", "Bonus", "-e", "1", "-b", "8", "--image-size", "64", "--data-root",
+                     str(demo_root), "--out-dir", str(tmp_path), "--checkpoint-dir", str(tmp_path), "--no-progress",
+                     "--num-workers", "0"])
+    assert read_checkpoint(tmp_path / "synthetic_dataset_Bonus_Adam.pt")["framing"] == {
+        "margin": 0.19, "source": "synthetic_dataset (measured)"}
+    assert square_box(np.array([100, 100, 200, 200]), -0.15, 512, 512) == (115, 115, 185, 185)

@@ -162,3 +162,24 @@ def test_train_interrupted_by_ctrl_c_says_where_it_stopped_and_how_to_resume(dem
     assert err.value.code == 2 and "Traceback" not in message
     assert "stopped by Ctrl-C during epoch 2; epochs 1-1 are saved in" in message and "--resume" in message
     assert torch.load(tmp_path / "fakes_dataset_Bonus_Adam_last.pt", weights_only=True)["epoch"] == 1
+
+
+def test_advice_points_the_right_way(tmp_path):
+    from checkpoints import load_weights
+    from faces_dataset import dataset_dir
+    from models import build_model
+    from utils import UserError
+
+    (tmp_path / "root.txt").write_text("not a folder")
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        dataset_dir("fakes_dataset", "train", tmp_path / "root.txt")
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    with open(tmp_path / "catalog.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["path", "label", "split"], ["a.png", "0", "train"], ["a.png", "1", "train"]])
+    with pytest.raises(DatasetError) as err:
+        CatalogDataset(tmp_path / "catalog.csv", split="val")
+    assert "no source fell into this split" in str(err.value) and "--label-from" not in str(err.value)
+    small = build_model("SimpleNet", pretrained=False, image_size=64).state_dict()  # fc1 depends on the input size
+    with pytest.raises(UserError) as err:
+        load_weights(build_model("SimpleNet", pretrained=False), {"model": small}, "bare.pt", "SimpleNet")
+    assert "another input size" in str(err.value)

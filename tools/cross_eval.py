@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import DATASETS, DEFAULT_SEED, FIGURES_DIR, OUT_DIR  # noqa: E402
 from faces_dataset import load_dataset  # noqa: E402
-from metrics import bootstrap_intervals, compute_metrics  # noqa: E402
+from metrics import bootstrap_intervals, compute_metrics, equal_error_rate  # noqa: E402
 from models import checkpoint_image_size, load_model_from_checkpoint  # noqa: E402
 from numerical_analysis import get_soft_scores_and_true_labels  # noqa: E402
 from utils import (  # noqa: E402
@@ -73,6 +73,15 @@ def score_cell(labels: np.ndarray, scores: np.ndarray, threshold: float, n_resam
             "accuracy": m["accuracy"], "ci95": bootstrap_intervals(labels, scores, n_resamples, seed)}
 
 
+def target_threshold(model, root: Path, dataset: str, args: argparse.Namespace, device) -> tuple[float, str]:
+    """The model's EER threshold on the val split of the test set's own root and dataset."""
+    val = load_dataset(dataset, "val", root, model.image_size, args.limit, model_normalization(model))
+    _, scores, labels = get_soft_scores_and_true_labels(val, model, args.batch_size, device, not args.no_progress)
+    if len(np.unique(labels)) < 2:
+        raise UserError(f"--threshold target-val: {root}/{dataset}/val holds one class only; its EER is undefined")
+    return equal_error_rate(labels, scores)[1], f"EER on {root.name}/{dataset}/val"
+
+
 def table_line(r: dict) -> str:
     """One markdown row of the printed table."""
     if r["auc"] is None:
@@ -114,6 +123,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    help="checkpoints written by train_main.py, or MesoNet's Keras .h5 weights (a published detector)")
     p.add_argument("--data-roots", nargs="+", type=Path, required=True, help="roots in the assignment layout")
     p.add_argument("-d", "--dataset", choices=DATASETS, help="only this dataset of each root (default: every one)")
+    p.add_argument("--threshold", choices=("checkpoint", "target-val"), default="checkpoint",
+                   help="accuracy at the checkpoint's own validation EER threshold, or at the EER threshold of the model "
+                   "on each test set's own val split (data like the target's: the threshold travels; default: %(default)s)")
     p.add_argument("--limit", type=positive_int, help="at most this many test images per set")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--bootstrap", type=positive_int, default=1000,
@@ -133,14 +145,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for path, name in zip(args.checkpoints, names):
         model, ckpt = load_model_from_checkpoint(path, device)
-        threshold, _ = model.decision_threshold
         for root, dataset in sets:
+            threshold, source = model.decision_threshold
+            if args.threshold == "target-val":
+                threshold, source = target_threshold(model, root, dataset, args, device)
             test = load_dataset(dataset, "test", root, checkpoint_image_size(ckpt), args.limit, model_normalization(model))
             _, scores, labels = get_soft_scores_and_true_labels(test, model, args.batch_size, device, not args.no_progress)
             test_set = f"{root.name}/{dataset}" if several_roots else dataset
             rows.append({"checkpoint": name, "model": model.model_name, "test_set": test_set, "threshold": threshold,
-                         **score_cell(labels, scores, threshold, args.bootstrap, args.seed)})
+                         "threshold_source": source, **score_cell(labels, scores, threshold, args.bootstrap, args.seed)})
             atomic_write_json(args.out_dir / "cross_eval.json", rows)  # every cell kept as soon as it is scored
+    said = {"checkpoint": "each checkpoint's own validation EER", "target-val": "the EER on each test set's own val split"}
+    print(f"accuracy thresholds: {said[args.threshold]}")
     print("| checkpoint | test set | n | AUC [95 % CI] | EER [95 % CI] | AP | accuracy at its threshold |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

@@ -1,0 +1,84 @@
+"""How a dataset's faces are framed, and what cropping a user's faces another way costs a detector.
+
+    python tools/framing_cost.py -d synthetic_dataset --data-root ../shared/data                      # the framing only
+    python tools/framing_cost.py -d synthetic_dataset --data-root ../shared/data -cpp CKPT --margins -0.15 0.19 0.3
+
+MTCNN finds the face in each test image; the framing is the median margin (crop side / box side - 1) / 2 that the
+dataset's own crops have around that box (common.FRAMING_MARGINS holds the measured values). With a checkpoint, the
+test faces are cut again as detect.py would cut a user's photo at each --margin (a square around the MTCNN box, resized
+to the model's size) and scored: the AUC per margin, beside the AUC on the images as the dataset gives them, says what
+a framing unlike the training faces' costs. Writes out/framing_<dataset>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import DATA_ROOT, DATASETS, OUT_DIR  # noqa: E402
+from face_detection import FaceDetector, crop_face  # noqa: E402
+from faces_dataset import dataset_dir, get_transforms, list_images, load_rgb  # noqa: E402
+from metrics import safe_auc  # noqa: E402
+from models import load_model_from_checkpoint  # noqa: E402
+from utils import atomic_write_json, cli_main, get_device, positive_int  # noqa: E402
+
+
+def framing_margin(image_size: tuple[int, int], box: np.ndarray) -> float:
+    """The margin around an MTCNN box that a crop of the whole image has: (image side / box side - 1) / 2."""
+    return float((image_size[0] / max(box[2] - box[0], box[3] - box[1]) - 1) / 2)
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-d", "--dataset", choices=DATASETS, required=True)
+    p.add_argument("--data-root", type=Path, default=DATA_ROOT, help="(default: %(default)s)")
+    p.add_argument("-cpp", "--checkpoint", type=Path, help="score the re-cut faces with this model")
+    p.add_argument("--margins", type=float, nargs="+", default=[-0.15, 0.0, 0.19, 0.3], help="margins to cut at")
+    p.add_argument("--limit", type=positive_int, default=200, help="test images per class (default: %(default)s)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out-dir", type=Path, default=OUT_DIR)
+    args = p.parse_args(argv)
+    device = get_device(args.device)
+    test = dataset_dir(args.dataset, "test", args.data_root)
+    files = [(f, label) for label, cls in enumerate(("real", "fake")) for f in list_images(test / cls)[: args.limit]]
+    detector = FaceDetector(args.device)
+    found = []
+    for path, label in files:
+        image = load_rgb(path)
+        faces = detector.detect([image])[0]
+        if faces:
+            found.append((image, faces[0], label))
+    margins = [framing_margin(image.size, face.box) for image, face, _ in found]
+    result: dict = {"dataset": args.dataset, "images": len(files), "faces_found": len(found),
+                    "framing_margin_median": float(np.median(margins)),
+                    "framing_margin_iqr": [float(q) for q in np.percentile(margins, [25, 75])]}
+    print(f"{args.dataset}: MTCNN found a face in {len(found)} of {len(files)} test images; the crops' margin around it: "
+          f"median {result['framing_margin_median']:+.3f} (IQR {result['framing_margin_iqr'][0]:+.3f} to "
+          f"{result['framing_margin_iqr'][1]:+.3f})")
+    if args.checkpoint is not None:
+        model, _ = load_model_from_checkpoint(args.checkpoint, device)
+        transform = get_transforms(False, model.image_size, model.normalization)
+        labels = np.array([label for _, _, label in found])
+
+        def auc_of(images: list) -> float | None:
+            with torch.no_grad():
+                scores = torch.cat([torch.softmax(model(torch.stack([transform(im) for im in images[k:k + 32]]).to(device)), 1)[:, 1].cpu()
+                                    for k in range(0, len(images), 32)])
+            return safe_auc(labels, scores.numpy())
+
+        result["auc_as_given"] = auc_of([image for image, _, _ in found])
+        result["auc_by_margin"] = {m: auc_of([crop_face(image, face, m, model.image_size) for image, face, _ in found])
+                                   for m in args.margins}
+        print(f"AUC on the images as given: {result['auc_as_given']:.4f}; re-cut at margin "
+              + ", ".join(f"{m:+.2f}: {a:.4f}" for m, a in result["auc_by_margin"].items()))
+    atomic_write_json(args.out_dir / f"framing_{args.dataset}.json", result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
