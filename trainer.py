@@ -5,6 +5,8 @@ Model- and dataset-agnostic (the caller wires them in, see train_main.py). Per r
   checkpoints/<dataset>_<model>_<opt>.pt    the checkpoint of the best validation epoch (by accuracy, AUC or loss)
   checkpoints/<dataset>_<model>_<opt>_last.pt  the latest epoch, for --resume
 all written atomically (temp file, then rename; the log under an OS file lock, so concurrent runs lose no record).
+A fresh run moves an earlier run's checkpoints of the same name to checkpoints/previous/<name>__<run id>.pt before its
+first save, so no finished run is overwritten.
 Checkpoints load with torch.load(weights_only=True) (see checkpoints.py) and carry the model's input normalisation
 and the validation EER threshold of the best epoch. Averages are over samples, so a short last batch weighs what it
 should; a last batch of one sample is dropped (BatchNorm cannot train on it). Every epoch reseeds python, numpy and
