@@ -157,6 +157,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag, given in (("--weights", args.weights is not None), ("--backbone-lr-scale", args.backbone_lr_scale != 1.0)):
         if given and args.model not in PRETRAINED_MODELS:
             p.error(f"{flag} applies to {', '.join(PRETRAINED_MODELS)}, not {args.model}")
+    if args.fakes != "dataset" and args.random_crop is not None:
+        p.error(f"--random-crop does not apply to --fakes {args.fakes} (self-blended pairs are whole faces, augmented "
+                "alike; a crop would apply to one image of a pair and not the other)")
     if args.fakes != "dataset" and args.balance != "none":
         p.error(f"--balance does not apply to --fakes {args.fakes} (its batches hold real/fake pairs)")
     if args.real_faces is not None and args.fakes == "dataset":

@@ -178,5 +178,6 @@ def test_train_main_self_blend_run_is_named_apart_validated_on_blends_and_logged
     assert len(list((tmp_path / "cache").iterdir())) == 2  # train/real and val/real, outside the data folder
     both = train_main.main(argv + ["--fakes", "both"])
     assert both["tag"] == "selfblend+dataset"
-    with pytest.raises(SystemExit):
-        train_main.main(argv + ["--fakes", "self-blend", "--balance", "weights"])
+    for refused in (["--balance", "weights"], ["--random-crop", "48"]):
+        with pytest.raises(SystemExit):
+            train_main.parse_args(argv + ["--fakes", "self-blend", *refused])
