@@ -6,8 +6,10 @@
 #   ./run_me.sh --quick                           # a few minutes on a laptop CPU: small images, few samples and epochs
 #
 # Options: --data-root DIR (or DATA_ROOT=DIR), --quick, --device auto|cpu|cuda|mps, --image-size N, --no-pretrained
-# (train XceptionBased from random weights), --skip-setup (use the current .venv as is), -h.
-# Outputs: figures/*.png, out/*.json logs, checkpoints/*.pt, out/summary.md (results table and wall time per step).
+# (train XceptionBased from random weights), --skip-setup (use the current .venv as is), --resume (go on after a cut:
+# skip the steps an earlier run with the same flags finished; the cut step starts again), -h.
+# Outputs: figures/*.png, out/*.json logs, checkpoints/*.pt, out/summary.md (results table and wall time per step),
+# out/report.html (every figure and number in the assignment's order: tools/make_report.py).
 # It stops at the first failing step and names it. Without the ImageNet Xception file (no network), XceptionBased
 # trains from random weights (marked "random init"); EfficientNet-Lite0, whose ImageNet weights ship with its pip
 # package, is the pretrained model that always works offline.
@@ -15,13 +17,13 @@ set -euo pipefail
 CALLER_DIR=$PWD
 cd "$(dirname "$0")"
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "error: $*" >&2; exit 2; }
 value() {  # value FLAG NEXT_ARG_COUNT NEXT_ARG: the flag's value, or a one-line error
   [ "$2" -ge 2 ] && [ -n "$3" ] && [ "${3#--}" = "$3" ] || die "$1 needs a value"
   printf '%s' "$3"
 }
-QUICK=0; DEVICE=auto; IMAGE_SIZE=""; NO_PRETRAINED=0; SKIP_SETUP=0
+QUICK=0; DEVICE=auto; IMAGE_SIZE=""; NO_PRETRAINED=0; SKIP_SETUP=0; RESUME=0
 DATA_ROOT_ARG="${DATA_ROOT:-}"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -31,6 +33,7 @@ while [ $# -gt 0 ]; do
     --image-size) IMAGE_SIZE=$(value "$1" $# "${2:-}"); shift 2 ;;
     --no-pretrained) NO_PRETRAINED=1; shift ;;
     --skip-setup) SKIP_SETUP=1; shift ;;
+    --resume) RESUME=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "error: unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -48,12 +51,26 @@ export PYTHONUNBUFFERED=1
 WORK="${FMD_WORK_DIR:-.}"
 OUT="$WORK/out"; FIG="$WORK/figures"; CKPT="$WORK/checkpoints"
 mkdir -p "$OUT" 2>/dev/null && [ -w "$OUT" ] || die "cannot write to $OUT; set FMD_WORK_DIR to a writable folder"
-TIMES="$OUT/run_me_times.tsv"; : > "$TIMES"
+TIMES="$OUT/run_me_times.tsv"; SETTINGS="$OUT/run_me_settings.txt"
+settings="quick=$QUICK data-root=${DATA_ROOT_ARG:-demo} image-size=${IMAGE_SIZE:-default} no-pretrained=$NO_PRETRAINED"
+if [ "$RESUME" = "1" ]; then
+  [ -f "$SETTINGS" ] || die "--resume: no earlier run in $OUT to go on with; run without --resume"
+  [ "$(cat "$SETTINGS")" = "$settings" ] || die "--resume: the run in $OUT was started with other flags ($(cat "$SETTINGS")); resume with those, or start without --resume"
+  touch "$TIMES"
+else
+  : > "$TIMES"
+fi
+printf '%s\n' "$settings" > "$SETTINGS"
 T0=$(date +%s)
+
+done_before() {  # done_before NAME: with --resume, whether an earlier run finished this step
+  [ "$RESUME" = "1" ] && cut -f1 "$TIMES" | grep -qxF -- "$1"
+}
 
 step() {  # step NAME COMMAND...: run, time, and stop the pipeline with the step's name if it fails
   local name="$1"; shift
   local start; start=$(date +%s)
+  if done_before "$name"; then echo; echo "==> $name: done in the run being resumed, skipped"; return; fi
   echo; echo "==> $name"
   if ! "$@"; then
     echo; echo "run_me.sh: FAILED at step '$name' (command: $*)" >&2
@@ -66,6 +83,7 @@ showcase() {  # showcase NAME COMMAND...: like step, but a failure is reported a
   # finished run, e.g. detect.py finding no face in the picked images, must not fail the hours of work before it)
   local name="$1"; shift
   local start; start=$(date +%s)
+  if done_before "$name"; then echo; echo "==> $name: done in the run being resumed, skipped"; return; fi
   echo; echo "==> $name"
   if "$@"; then
     printf '%s\t%s\n' "$name" "$(( $(date +%s) - start ))" >> "$TIMES"
@@ -215,4 +233,5 @@ fi
 
 # ---- summary --------------------------------------------------------------------------------------------------
 "$PY" tools/summarize_run.py --out-dir "$OUT" --figures-dir "$FIG" --times "$TIMES"
-echo "run_me.sh: done in $(( $(date +%s) - T0 )) s; figures in $FIG, logs in $OUT, checkpoints in $CKPT"
+"$PY" tools/make_report.py --out-dir "$OUT" --figures-dir "$FIG"
+echo "run_me.sh: done in $(( $(date +%s) - T0 )) s; report $OUT/report.html, figures in $FIG, logs in $OUT, checkpoints in $CKPT"

@@ -48,6 +48,7 @@ from common import (
     OUT_DIR,
     SCHEDULERS,
     SELECT_BY,
+    SPLITS,
     TENSORBOARD_DIR,
 )
 from distributed import World, setup, sum_across, teardown
@@ -269,6 +270,16 @@ def run_tag(args: argparse.Namespace) -> str:
     return "_".join(t for t in (FAKE_TAGS[args.fakes], f"adv{args.adv}" if args.adv != "none" else "") if t)
 
 
+def class_counts(dataset: Dataset) -> list[int] | None:
+    """[real, fake] image counts of a split (logged for the report's class proportions); None for self-blend pairs,
+    whose fakes are made on the fly."""
+    try:
+        labels = dataset_labels(dataset)
+    except TypeError:
+        return None
+    return [labels.count(0), labels.count(1)]
+
+
 def check_classes(train_ds, name: str) -> None:
     """Refuse a train split that lacks a class: it would train silently to a constant answer."""
     present = set(dataset_labels(train_ds))
@@ -371,7 +382,8 @@ def _train(args: argparse.Namespace, world: World, device: torch.device, dataset
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     config.update(framing=training_framing(args), alpha=alpha, n_params=get_nof_params(model), n_params_total=sum(p.numel() for p in model.parameters()),
                   device=str(device), torch=torch.__version__, normalization=norm.to_dict(),
-                  class_weights=weight.tolist() if weight is not None else None, world_size=world.size)
+                  class_weights=weight.tolist() if weight is not None else None, world_size=world.size,
+                  class_counts={split: class_counts(ds) for split, ds in zip(SPLITS, (train_ds, val_ds, test_ds))})
     model_kwargs = {"image_size": args.image_size}
     trainer = Trainer(
         model, optimizer, nn.CrossEntropyLoss(weight=weight), args.batch_size, train_ds, val_ds, test_ds,

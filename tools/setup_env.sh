@@ -13,7 +13,8 @@ check_python() {  # the pinned numpy, scipy, matplotlib and scikit-learn need 3.
 if [ "${FMD_NO_VENV:-0}" = "1" ]; then
   PY=${PYTHON:-python3}
   check_python "$PY"
-  grep -vE '^(torch|torchvision)==' requirements.txt > /tmp/fmd-requirements-novenv.txt
+  # keep the host's torch/torchvision (Colab's CUDA build) and its notebook kernel (Colab pins its own ipykernel)
+  grep -vE '^(torch|torchvision|nbclient|nbformat|ipykernel)==' requirements.txt > /tmp/fmd-requirements-novenv.txt
   "$PY" -m pip install -q -r /tmp/fmd-requirements-novenv.txt
   "$PY" -m pip install -q --no-deps -r requirements-nodeps.txt
   exit 0
