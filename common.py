@@ -58,3 +58,10 @@ DEFAULT_PGD_STEPS = 10
 ROBUSTNESS_EPSILONS = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255)
 
 BONUS_CHECKPOINT = CHECKPOINT_DIR / "bonus.pt"
+
+
+def run_name(dataset: str, model: str, optimizer: str | None = None, tag: str = "") -> str:
+    """The stem of a run's files: <dataset>_<model>_<optimizer>[_<tag>] names its JSON log and checkpoints; without the
+    optimizer, <dataset>_<model>[_<tag>] prefixes its figures (the assignment's names; tags such as advpgd or
+    selfblend keep a variant's files apart from the plain run's)."""
+    return "_".join(part for part in (dataset, model, optimizer, tag) if part)

@@ -51,7 +51,7 @@ from face_detection import (
 )
 from faces_dataset import DatasetError, FacesDataset, get_transforms, load_rgb
 from metrics import AGGREGATES, aggregate, equal_error_rate
-from models import MODEL_NAMES, checkpoint_image_size, load_model_from_checkpoint
+from models import MODEL_NAMES, checkpoint_image_size, load_model_from_checkpoint, p_fake
 from utils import (
     UserError,
     atomic_write,
@@ -182,7 +182,7 @@ class Scorer:
         out = []
         for start in range(0, len(crops), self.batch_size):
             batch = torch.stack([self.transform(c) for c in crops[start:start + self.batch_size]]).to(self.device)
-            out.append(torch.softmax(self.model(batch).float(), dim=1)[:, 1].cpu())
+            out.append(p_fake(self.model(batch)).cpu())
         return torch.cat(out).numpy() if out else np.zeros(0)
 
 

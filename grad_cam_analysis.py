@@ -17,9 +17,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from common import CLASS_NAMES
+from common import CLASS_NAMES, run_name
 from faces_dataset import dataset_labels
-from models import MODEL_NAMES, cam_target_layer, load_analysis_inputs
+from models import MODEL_NAMES, cam_target_layer, load_analysis_inputs, p_fake
 from utils import (
     Normalization,
     UserError,
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> list:
         chosen = rng.choice(pool, size=min(args.n, len(pool)), replace=False)
         images = torch.stack([test_dataset[int(i)][0] for i in chosen])
         with torch.no_grad():
-            probs = torch.softmax(model(images.to(device)), 1)[:, 1].cpu()
+            probs = p_fake(model(images.to(device))).cpu()
         cams = compute_cams(model, images.to(device), torch.full((len(chosen),), c), args.method)
         fig, axes = new_figure(2, len(chosen), figsize=(2.6 * len(chosen), 5.4), squeeze=False)
         for k in range(len(chosen)):
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> list:
             for ax in axes[:, k]:
                 ax.axis("off")
         fig.suptitle(f"{args.method} of {args.model} on {args.dataset}: {cls} test images (target class: {cls})")
-        written.append(save_figure(fig, args.figures_dir / f"{args.dataset}_{args.model}_{cls.capitalize()}_Image_{suffix}.png"))
+        written.append(save_figure(fig, args.figures_dir / f"{run_name(args.dataset, args.model)}_{cls.capitalize()}_Image_{suffix}.png"))
     return written
 
 

@@ -74,13 +74,9 @@ def bootstrap_intervals(
 
 def expected_calibration_error(labels: np.ndarray, fake_scores: np.ndarray, n_bins: int = 15) -> float:
     """ECE of P(fake): the sample-weighted mean |share of fakes - mean score| over equal-width score bins."""
-    labels, fake_scores = np.asarray(labels, dtype=float), np.asarray(fake_scores, dtype=float)
-    bins = np.minimum((fake_scores * n_bins).astype(int), n_bins - 1)
-    ece = 0.0
-    for b in np.unique(bins):
-        members = bins == b
-        ece += members.mean() * abs(labels[members].mean() - fake_scores[members].mean())
-    return float(ece)
+    bins = reliability_bins(labels, fake_scores, n_bins)
+    total = sum(b["count"] for b in bins)
+    return float(sum(b["count"] / total * abs(b["fake_share"] - b["mean_score"]) for b in bins))
 
 
 def brier_score(labels: np.ndarray, fake_scores: np.ndarray) -> float:
@@ -121,7 +117,7 @@ def apply_temperature(fake_scores: np.ndarray, temperature: float) -> np.ndarray
 def reliability_bins(labels: np.ndarray, fake_scores: np.ndarray, n_bins: int = 15) -> list[dict]:
     """Per equal-width score bin: its centre, count, mean P(fake) and the observed share of fakes (for the diagram)."""
     labels, fake_scores = np.asarray(labels, dtype=float), np.asarray(fake_scores, dtype=float)
-    bins = np.minimum((fake_scores * n_bins).astype(int), n_bins - 1)
+    bins = np.minimum((fake_scores * n_bins).astype(int), n_bins - 1)  # a score of exactly 1 is in the last bin
     return [{"centre": (b + 0.5) / n_bins, "count": int((bins == b).sum()),
              "mean_score": float(fake_scores[bins == b].mean()), "fake_share": float(labels[bins == b].mean())}
             for b in range(n_bins) if (bins == b).any()]

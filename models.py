@@ -171,6 +171,17 @@ MODEL_NAMES = tuple(MODEL_SPECS)
 PRETRAINED_MODELS = tuple(name for name, spec in MODEL_SPECS.items() if spec.imagenet)
 
 
+def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax of a batch of 2-output logits, in float32 whatever the autocast dtype: column 0 is P(real), 1 P(fake)."""
+    return torch.softmax(logits.float(), dim=1)
+
+
+def p_fake(logits: torch.Tensor) -> torch.Tensor:
+    """P(fake) of each row of a batch of 2-output logits (label 1 = fake): the score every metric, threshold and
+    verdict of the suite uses."""
+    return class_probabilities(logits)[:, 1]
+
+
 def build_model(name: str, pretrained: bool = True, image_size: int = IMAGE_SIZE, **kwargs: Any) -> nn.Module:
     """Build a model by its CLI name; `pretrained`, `weights` and `freeze_backbone` apply to the ImageNet backbones.
 

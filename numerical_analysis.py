@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from common import run_name
 from faces_dataset import dataset_sources, load_dataset
 from metrics import (
     AGGREGATES,
@@ -33,7 +34,7 @@ from metrics import (
     video_scores,
     youden_threshold,
 )
-from models import MODEL_NAMES, load_analysis_inputs
+from models import MODEL_NAMES, class_probabilities, load_analysis_inputs
 from utils import (
     UserError,
     add_analysis_args,
@@ -60,7 +61,7 @@ def get_soft_scores_and_true_labels(
     first, second, labels = [], [], []
     loader = make_loader(dataset, batch_size, shuffle=False, device=torch.device(device), num_workers=num_workers)
     for images, y in tqdm(loader, desc="scoring", disable=not progress, leave=False):
-        probs = torch.softmax(model(images.to(device)).float(), dim=1).cpu()
+        probs = class_probabilities(model(images.to(device))).cpu()
         first.append(probs[:, 0])
         second.append(probs[:, 1])
         labels.append(y)
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
     if sources is not None:  # frames of videos (a catalog): one score per video, as DeepfakeBench reports beside frames
         result["video"] = per_video_metrics(sources, labels, fake_scores, value)
     result.update(model=args.model, dataset=args.dataset, checkpoint=str(args.checkpoint_path))
-    prefix = f"{args.dataset}_{args.model}"
+    prefix = run_name(args.dataset, args.model)
     plot_roc_and_det(
         labels, {name: (real_scores, fake_scores)[i] for name, i in SCORE_GROUPS.items()}, f"{args.model} on {args.dataset}",
         args.figures_dir / f"{prefix}_roc_curve.png", args.figures_dir / f"{prefix}_det_curve.png",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from matplotlib.ticker import MaxNLocator
 
-from common import DATASETS, FIGURES_DIR
+from common import DATASETS, FIGURES_DIR, run_name
 from models import MODEL_NAMES
 from utils import UserError, cli_main, new_figure, read_json_list, save_figure, writable_dir
 
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     record = select_record(read_json_list(args.json), args.run, args.json)
     model, dataset = names_from_record(record, args.model, args.dataset, args.json)
     writable_dir(args.figures_dir, "--figures-dir")
-    prefix = args.figures_dir / (f"{dataset}_{model}" + (f"_{record['tag']}" if record.get("tag") else ""))
+    prefix = args.figures_dir / run_name(dataset, model, tag=record.get("tag", ""))
     title = f"{model} on {dataset}" + (f" ({record['tag']})" if record.get("tag") else "")
     return [
         plot_metric(record, "loss", f"{title}: loss", Path(f"{prefix}_losses_plot.png")),

@@ -28,10 +28,10 @@ from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
 from attacks import attack_batch, cw_attack
-from common import DEFAULT_PGD_STEPS, ROBUSTNESS_EPSILONS
+from common import DEFAULT_PGD_STEPS, ROBUSTNESS_EPSILONS, run_name
 from faces_dataset import CORRUPTIONS, Corruption, dataset_labels, load_dataset
 from metrics import safe_auc
-from models import MODEL_NAMES, load_analysis_inputs
+from models import MODEL_NAMES, load_analysis_inputs, p_fake
 from numerical_analysis import get_soft_scores_and_true_labels
 from utils import (
     UserError,
@@ -70,7 +70,7 @@ def evaluate_under_attack(
         if eps > 0:
             x01 = attack_batch(attack, model, x01, y, eps=eps, alpha=alpha, steps=steps)
         with torch.no_grad():
-            scores.append(torch.softmax(model(normalize(x01, norm)), 1)[:, 1].cpu())
+            scores.append(p_fake(model(normalize(x01, norm))).cpu())
         labels.append(y.cpu())
     s, y = torch.cat(scores).numpy(), torch.cat(labels).numpy()
     predicted = (s >= 0.5).astype(int)
@@ -184,8 +184,8 @@ def plot_examples(model: nn.Module, images01: torch.Tensor, labels: torch.Tensor
     adv = attack_batch("pgd", model, images01, labels, eps=eps, steps=steps)
     norm = model_normalization(model)
     with torch.no_grad():
-        p_clean = torch.softmax(model(normalize(images01, norm)), 1)[:, 1].cpu()
-        p_adv = torch.softmax(model(normalize(adv, norm)), 1)[:, 1].cpu()
+        p_clean = p_fake(model(normalize(images01, norm))).cpu()
+        p_adv = p_fake(model(normalize(adv, norm))).cpu()
     delta = (adv - images01).cpu()
     amplified = (delta / (2 * max(eps, 1e-12)) + 0.5).clamp(0, 1)
     n = len(labels)
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
     writable_dir(args.figures_dir, "--figures-dir")
     model, test_dataset, device = load_analysis_inputs(args)
     norm = model_normalization(model)
-    name = f"{args.dataset}_{args.model}" + (f"_{args.tag}" if args.tag else "")
+    name = run_name(args.dataset, args.model, tag=args.tag or "")
     result: dict = {"model": args.model, "dataset": args.dataset, "checkpoint": str(args.checkpoint_path), "tag": args.tag,
                     "n_test": len(test_dataset), "pgd_steps": args.steps, "attacks": {}}
     for attack in args.attacks:

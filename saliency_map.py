@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from common import CLASS_NAMES
+from common import CLASS_NAMES, run_name
 from models import MODEL_NAMES, load_analysis_inputs
 from utils import (
     add_analysis_args,
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> list:
     writable_dir(args.figures_dir, "--figures-dir")
     model, test_dataset, device = load_analysis_inputs(args)
     norm = model_normalization(model)
-    prefix = args.figures_dir / f"{args.dataset}_{args.model}"
+    prefix = args.figures_dir / run_name(args.dataset, args.model)
 
     images, labels = sample_batch(test_dataset, min(args.n_pairs, len(test_dataset)), args.seed)
     maps = compute_gradient_saliency_maps(images.to(device), labels.to(device), model).cpu()

@@ -40,10 +40,11 @@ from tqdm import tqdm
 
 from attacks import attack_batch
 from checkpoints import FORMAT, read_checkpoint, save_checkpoint
-from common import CHECKPOINT_DIR, DEFAULT_ALPHA, DEFAULT_EPS, DEFAULT_PGD_STEPS, DEFAULT_SEED, OUT_DIR
+from common import CHECKPOINT_DIR, DEFAULT_ALPHA, DEFAULT_EPS, DEFAULT_PGD_STEPS, DEFAULT_SEED, OUT_DIR, run_name
 from distributed import SINGLE, ShardSampler, World, gather_in_order, sum_across, sync_buffers
 from faces_dataset import dataset_labels
 from metrics import equal_error_rate, safe_auc
+from models import p_fake
 from utils import (
     UserError,
     atomic_write_json,
@@ -195,8 +196,7 @@ class LoggingParameters:
 
     @property
     def run_name(self) -> str:
-        name = f"{self.dataset_name}_{self.model_name}_{self.optimizer_name}"
-        return f"{name}_{self.tag}" if self.tag else name
+        return run_name(self.dataset_name, self.model_name, self.optimizer_name, self.tag)
 
 
 @dataclass
@@ -457,7 +457,7 @@ class Trainer:
                     outputs = self.module(inputs)
                     loss = self.criterion(outputs, labels)
                 acc.update(loss.item(), outputs.float(), labels)
-                scores.append(torch.softmax(outputs.float(), dim=1)[:, 1].cpu())
+                scores.append(p_fake(outputs).cpu())
                 labels_seen.append(labels.cpu())
         s = torch.cat(scores).numpy() if scores else np.zeros(0)
         y = torch.cat(labels_seen).numpy() if labels_seen else np.zeros(0, dtype=int)

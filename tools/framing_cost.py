@@ -23,7 +23,7 @@ from common import DATA_ROOT, DATASETS, OUT_DIR  # noqa: E402
 from face_detection import FaceDetector, crop_face  # noqa: E402
 from faces_dataset import dataset_dir, get_transforms, list_images, load_rgb  # noqa: E402
 from metrics import safe_auc  # noqa: E402
-from models import load_model_from_checkpoint  # noqa: E402
+from models import load_model_from_checkpoint, p_fake  # noqa: E402
 from utils import atomic_write_json, cli_main, get_device, positive_int  # noqa: E402
 
 
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         def auc_of(images: list) -> float | None:
             with torch.no_grad():
-                scores = torch.cat([torch.softmax(model(torch.stack([transform(im) for im in images[k:k + 32]]).to(device)), 1)[:, 1].cpu()
+                scores = torch.cat([p_fake(model(torch.stack([transform(im) for im in images[k:k + 32]]).to(device))).cpu()
                                     for k in range(0, len(images), 32)])
             return safe_auc(labels, scores.numpy())
 

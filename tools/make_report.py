@@ -29,9 +29,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import DATASETS, FIGURES_DIR, OUT_DIR  # noqa: E402
+from common import DATASETS, FIGURES_DIR, OUT_DIR, run_name  # noqa: E402
 from faces_dataset import is_demo_data  # noqa: E402
-from trainer import LoggingParameters  # noqa: E402
 from utils import UserError, atomic_write, cli_main  # noqa: E402
 
 OPTIMIZER = "Adam"  # run_me.sh trains every model with the assignment's optimizer
@@ -73,7 +72,7 @@ class Run:
         return os.path.relpath(path, self.report_dir)
 
     def log_path(self, dataset: str, model: str, tag: str = "") -> Path:
-        return self.out_dir / f"{LoggingParameters(model, dataset, OPTIMIZER, tag=tag).run_name}.json"
+        return self.out_dir / f"{run_name(dataset, model, OPTIMIZER, tag)}.json"
 
     def figure(self, name: str) -> Path:
         return self.figures_dir / name
@@ -170,11 +169,11 @@ def train_command(dataset: str, model: str, epochs: int, extra: str = "") -> str
 
 
 def analysis_command(script: str, dataset: str, model: str) -> str:
-    return f"python {script} -m {model} -cpp checkpoints/{dataset}_{model}_Adam.pt -d {dataset}"
+    return f"python {script} -m {model} -cpp checkpoints/{run_name(dataset, model, OPTIMIZER)}.pt -d {dataset}"
 
 
 def curves_command(dataset: str, model: str) -> str:
-    return f"python plot_accuracy_and_loss.py -m {model} -j out/{dataset}_{model}_Adam.json -d {dataset}"
+    return f"python plot_accuracy_and_loss.py -m {model} -j out/{run_name(dataset, model, OPTIMIZER)}.json -d {dataset}"
 
 
 # ---- chapters ---------------------------------------------------------------------------------------------------------
@@ -244,7 +243,7 @@ def training_answers(run: Run, dataset: str, model: str, number: int, epochs: in
     for kind, what in (("losses_plot", "Loss per epoch: train falling while val rises means over-fitting."),
                        ("accuracies_plot", "Accuracy per epoch: the gap between train and val is what the model "
                                            "memorised; test follows val when the splits are alike.")):
-        parts.append(figure(run, f"{dataset}_{model}_{kind}.png", f"{model} on {dataset}. {what}",
+        parts.append(figure(run, f"{run_name(dataset, model)}_{kind}.png", f"{model} on {dataset}. {what}",
                             curves_command(dataset, model)))
     if record is not None:
         data = [record]
@@ -260,11 +259,11 @@ def training_answers(run: Run, dataset: str, model: str, number: int, epochs: in
 def metrics_answers(run: Run, dataset: str, model: str) -> str:
     """ROC, DET and reliability figures with AUC, EER, AP and ECE from numerical_analysis.py's metrics file."""
     how = analysis_command("numerical_analysis.py", dataset, model)
-    parts = [figure(run, f"{dataset}_{model}_roc_curve.png", f"ROC of {model} on {dataset}, score groups A (real "
+    parts = [figure(run, f"{run_name(dataset, model)}_roc_curve.png", f"ROC of {model} on {dataset}, score groups A (real "
                     "score) and B (fake score): with fake as the positive class, A's curve mirrors B's.", how),
-             figure(run, f"{dataset}_{model}_det_curve.png", "DET (normal-deviate axes): the closer to the lower left, "
+             figure(run, f"{run_name(dataset, model)}_det_curve.png", "DET (normal-deviate axes): the closer to the lower left, "
                     "the fewer misses and false alarms together; where the curve crosses the diagonal is the EER.", how)]
-    path = run.figure(f"{dataset}_{model}_metrics.json")
+    path = run.figure(f"{run_name(dataset, model)}_metrics.json")
     data = read_json(path)
     if isinstance(data, dict):
         ci = data.get("ci95", {}).get("auc")
@@ -277,7 +276,7 @@ def metrics_answers(run: Run, dataset: str, model: str) -> str:
                      f'{num(run, path, data, "val_threshold", ".3f")}; ECE {num(run, path, data, "ece", ".4f")}.</p>')
     else:
         parts.append(missing(run, f"metrics {path.name}", how))
-    parts.append(figure(run, f"{dataset}_{model}_reliability.png", "Calibration: mean P(fake) against the share of "
+    parts.append(figure(run, f"{run_name(dataset, model)}_reliability.png", "Calibration: mean P(fake) against the share of "
                         "fakes per bin; on the diagonal, a score of 0.8 means fake 8 times in 10.", how))
     return "\n".join(parts)
 
@@ -353,10 +352,10 @@ def explanation_chapter(run: Run) -> str:
              question(32, "saliency maps of SimpleNet (fakes_dataset) and XceptionBased (synthetic_dataset)")]
     for dataset, model in (("fakes_dataset", "SimpleNet"), ("synthetic_dataset", "XceptionBased")):
         how = analysis_command("saliency_map.py", dataset, model)
-        parts.append(figure(run, f"{dataset}_{model}_saliency_maps_and_images_pairs.png",
+        parts.append(figure(run, f"{run_name(dataset, model)}_saliency_maps_and_images_pairs.png",
                             f"{model} on {dataset}: test images above |d score / d pixel|; bright where a pixel moves "
                             "the true class's score most.", how))
-        parts.append(figure(run, f"{dataset}_{model}_mean_saliency_maps.png",
+        parts.append(figure(run, f"{run_name(dataset, model)}_mean_saliency_maps.png",
                             f"{model} on {dataset}: the mean map over real and over fake test images; a face-shaped "
                             "pattern means the model looks at the face, a frame or corner pattern at something else.",
                             how))
@@ -366,7 +365,7 @@ def explanation_chapter(run: Run) -> str:
                            ("synthetic_dataset", "XceptionBased")):
         how = analysis_command("grad_cam_analysis.py", dataset, model)
         for cls in ("Real", "Fake"):
-            parts.append(figure(run, f"{dataset}_{model}_{cls}_Image_grad_cam.png",
+            parts.append(figure(run, f"{run_name(dataset, model)}_{cls}_Image_grad_cam.png",
                                 f"{model} on {dataset}, a {cls.lower()} test image: red where the last conv layer's "
                                 "evidence for the image's class lies.", how))
     parts.append(question(35, "explain the Grad-CAMs", explain=True))
@@ -437,11 +436,11 @@ def lite_chapter(run: Run) -> str:
         parts.append(training_answers(run, dataset, "EfficientNetLite0", None, 3,
                                       " (run_me.sh: --lr 2e-4 --scheduler cosine --warmup-epochs 1 --select-by auc)"))
         parts.append(metrics_answers(run, dataset, "EfficientNetLite0"))
-        parts.append(figure(run, f"{dataset}_EfficientNetLite0_saliency_maps_and_images_pairs.png",
+        parts.append(figure(run, f"{run_name(dataset, 'EfficientNetLite0')}_saliency_maps_and_images_pairs.png",
                             f"Saliency of EfficientNet-Lite0 on {dataset}.",
                             analysis_command("saliency_map.py", dataset, "EfficientNetLite0")))
         for cls in ("Real", "Fake"):
-            parts.append(figure(run, f"{dataset}_EfficientNetLite0_{cls}_Image_grad_cam.png",
+            parts.append(figure(run, f"{run_name(dataset, 'EfficientNetLite0')}_{cls}_Image_grad_cam.png",
                                 f"Grad-CAM of EfficientNet-Lite0 on a {cls.lower()} {dataset} test image.",
                                 analysis_command("grad_cam_analysis.py", dataset, "EfficientNetLite0")))
     return "\n".join(parts)
@@ -506,13 +505,12 @@ def robustness_chapter(run: Run) -> str:
     parts = ["<h2 id='adversarial'>10. Adversarial robustness</h2>"]
     for model in ("SimpleNet", "Bonus"):
         for tag, what in (("", "plain"), ("advpgd", "PGD-trained")):
-            name = f"fakes_dataset_{model}" + (f"_{tag}" if tag else "")
+            name = run_name("fakes_dataset", model, tag=tag)
             path = run.figure(f"{name}_robustness.json")
             data = read_json(path)
             parts.append(f"<h3>{model} on fakes_dataset, {what}</h3>")
-            how = f"python robustness_analysis.py -m {model} -cpp checkpoints/{name}_Adam.pt -d fakes_dataset" \
-                if not tag else f"python robustness_analysis.py -m {model} -cpp checkpoints/fakes_dataset_{model}_Adam_" \
-                                f"{tag}.pt -d fakes_dataset --tag {tag}"
+            how = (f"python robustness_analysis.py -m {model} -cpp checkpoints/{run_name('fakes_dataset', model, OPTIMIZER, tag)}"
+                   f".pt -d fakes_dataset" + (f" --tag {tag}" if tag else ""))
             if isinstance(data, list) and data and isinstance(data[0].get("attacks"), dict):
                 rows = []
                 for attack, points in data[0]["attacks"].items():

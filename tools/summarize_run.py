@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import FIGURES_DIR, OUT_DIR  # noqa: E402
+from common import FIGURES_DIR, OUT_DIR, run_name  # noqa: E402
 from models import PRETRAINED_MODELS  # noqa: E402
 
 
@@ -34,9 +34,8 @@ def training_rows(out_dir: Path, figures_dir: Path) -> list[dict]:
             continue
         r = records[-1]
         tag = r.get("tag", "")
-        prefix = f"{r['dataset']}_{r['model']}"
-        metrics = figures_dir / f"{prefix}_metrics.json"
-        robust = figures_dir / f"{prefix}{'_' + tag if tag else ''}_robustness.json"
+        metrics = figures_dir / f"{run_name(r['dataset'], r['model'])}_metrics.json"
+        robust = figures_dir / f"{run_name(r['dataset'], r['model'], tag=tag)}_robustness.json"
         auc = None
         if not tag and metrics.is_file():
             auc = json.loads(metrics.read_text()).get("auc")
