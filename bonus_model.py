@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from checkpoints import checkpoint_model_name, load_weights, read_checkpoint
 from common import BONUS_CHECKPOINT
 
 
@@ -53,15 +52,8 @@ class BonusNet(nn.Module):
 BONUS_ADVICE = "pass the checkpoint of a Bonus run (python train_main.py -d fakes_dataset -m Bonus publishes checkpoints/bonus.pt)"
 
 
-def load_bonus(checkpoint: str | Path = BONUS_CHECKPOINT, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
-    """(the trained bonus model in eval mode, its checkpoint dict), refusing a checkpoint of another model."""
-    ckpt = read_checkpoint(checkpoint, device)
-    checkpoint_model_name(ckpt, checkpoint, "Bonus", BONUS_ADVICE)
-    model = load_weights(BonusNet(), ckpt, checkpoint, "Bonus")
-    model.model_name = "Bonus"
-    return model.to(device).eval(), ckpt
-
-
 def my_bonus_model(checkpoint: str | Path = BONUS_CHECKPOINT, device: torch.device | str = "cpu") -> nn.Module:
     """The trained bonus model from checkpoints/bonus.pt, in eval mode (the assignment's entry point)."""
-    return load_bonus(checkpoint, device)[0]
+    from models import load_model_from_checkpoint  # models imports this file (BonusNet): import at call time
+
+    return load_model_from_checkpoint(checkpoint, device, expected_model="Bonus", advice=BONUS_ADVICE)[0]

@@ -113,6 +113,14 @@ def checkpoint_framing(ckpt: dict, default: float) -> tuple[float, str]:
     return default, "default (the checkpoint does not say how its faces were framed)"
 
 
+class WeightsMismatch(UserError):
+    """A checkpoint's weights do not fit the model they are loaded into; `detail` is PyTorch's first line."""
+
+    def __init__(self, message: str, detail: str):
+        super().__init__(message)
+        self.detail = detail
+
+
 def load_weights(model: nn.Module, ckpt: dict, path: str | Path, name: str) -> nn.Module:
     """Load the checkpoint's weights (strict), normalisation and decision threshold (value, source) into `model`."""
     try:
@@ -122,7 +130,8 @@ def load_weights(model: nn.Module, ckpt: dict, path: str | Path, name: str) -> n
         hint = ("a layer's shape differs: it holds another model, or this one built for another input size (a bare "
                 "state dict does not record its size; a train_main.py checkpoint does)"
                 if "size mismatch" in text else "pass the matching -m")
-        raise UserError(f"checkpoint {path} does not fit the {name} architecture ({text.splitlines()[0]}); {hint}") from err
+        raise WeightsMismatch(f"checkpoint {path} does not fit the {name} architecture ({text.splitlines()[0]}); {hint}",
+                              text.splitlines()[0]) from err
     model.normalization = checkpoint_normalization(ckpt)
     model.decision_threshold = checkpoint_threshold(ckpt)
     return model

@@ -36,6 +36,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 from tqdm import tqdm
 
+from analysis import compute_cams, overlay
 from checkpoints import checkpoint_framing
 from common import IMAGE_EXTENSIONS
 from face_detection import (
@@ -51,7 +52,7 @@ from face_detection import (
 )
 from faces_dataset import DatasetError, FacesDataset, get_transforms, load_rgb
 from metrics import AGGREGATES, aggregate, equal_error_rate
-from models import MODEL_NAMES, checkpoint_image_size, load_model_from_checkpoint, p_fake
+from models import MODEL_NAMES, load_model_from_checkpoint, p_fake
 from utils import (
     UserError,
     atomic_write,
@@ -240,8 +241,6 @@ def draw_faces(image: Image.Image, faces: list[FaceRow]) -> Image.Image:
 
 def cam_tiles(image: Image.Image, faces: list[FaceRow], model: nn.Module, scorer: Scorer, side: int) -> list[Image.Image]:
     """Each face's crop under its Grad-CAM for 'fake' (the evidence the model used), side x side."""
-    from grad_cam_analysis import compute_cams, overlay
-
     tiles = []
     for f in faces:
         crop = crop_face(image, Face(np.array(f.box, dtype=np.float32), f.face_prob), 0.0, scorer.image_size)
@@ -451,7 +450,7 @@ def main(argv: list[str] | None = None) -> list[FileResult]:
     if args.out is not None:
         writable_dir(args.out.parent, "--out's folder")
     model, ckpt = load_model_from_checkpoint(args.checkpoint_path, device, expected_model=args.model)
-    scorer = Scorer(model, checkpoint_image_size(ckpt), device, args.batch_size)
+    scorer = Scorer(model, model.image_size, device, args.batch_size)
     if args.margin is None:  # crop a user's faces the way the model's training faces were cropped
         args.margin, framing = checkpoint_framing(ckpt, DEFAULT_MARGIN)
         print(f"face crops framed like the training faces: margin {args.margin:+.2f} ({framing}); --margin overrides")

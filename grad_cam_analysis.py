@@ -17,13 +17,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from analysis import METHOD_NAMES, add_analysis_args, compute_cams, load_analysis_inputs, overlay
 from common import CLASS_NAMES, run_name
 from faces_dataset import dataset_labels
-from models import MODEL_NAMES, cam_target_layer, load_analysis_inputs, p_fake
+from models import MODEL_NAMES, p_fake
 from utils import (
-    Normalization,
     UserError,
-    add_analysis_args,
     cli_main,
     model_normalization,
     new_figure,
@@ -32,36 +31,6 @@ from utils import (
     to_display,
     writable_dir,
 )
-
-
-def cam_methods() -> dict:
-    """CLI name -> pytorch-grad-cam class (imported here: the package takes seconds to import)."""
-    import pytorch_grad_cam as pgc
-
-    return {
-        "gradcam": pgc.GradCAM, "gradcam++": pgc.GradCAMPlusPlus, "xgradcam": pgc.XGradCAM, "scorecam": pgc.ScoreCAM,
-        "eigencam": pgc.EigenCAM, "hirescam": pgc.HiResCAM, "layercam": pgc.LayerCAM,
-    }
-
-
-METHOD_NAMES = ("gradcam", "gradcam++", "xgradcam", "scorecam", "eigencam", "hirescam", "layercam")
-
-
-def compute_cams(model: nn.Module, images: torch.Tensor, classes: torch.Tensor, method: str = "gradcam") -> np.ndarray:
-    """CAMs (B,H,W) in [0,1] of `classes` for normalised images (B,3,H,W), at the model's target layer."""
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    model.eval()
-    cam_class = cam_methods()[method]
-    with cam_class(model=model, target_layers=[cam_target_layer(model)]) as cam:
-        return cam(input_tensor=images, targets=[ClassifierOutputTarget(int(c)) for c in classes])
-
-
-def overlay(image: torch.Tensor, cam: np.ndarray, norm: Normalization) -> np.ndarray:
-    """The CAM drawn over a normalised (3,H,W) image (undone with the model's `norm`): (H,W,3) uint8 in [0,255]."""
-    from pytorch_grad_cam.utils.image import show_cam_on_image
-
-    return show_cam_on_image(to_display(image, norm), cam, use_rgb=True)
 
 
 def get_grad_cam_visualization(test_dataset: Dataset, model: nn.Module, method: str = "gradcam",
@@ -86,7 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> list:
     args = parse_args(argv)
     writable_dir(args.figures_dir, "--figures-dir")
-    model, test_dataset, device = load_analysis_inputs(args)
+    inputs = load_analysis_inputs(args)
+    model, test_dataset, device = inputs.model, inputs.dataset, inputs.device
     norm = model_normalization(model)
     labels = np.asarray(dataset_labels(test_dataset))
     rng = np.random.default_rng(args.seed)
@@ -95,7 +65,7 @@ def main(argv: list[str] | None = None) -> list:
     for c, cls in enumerate(CLASS_NAMES):
         pool = np.flatnonzero(labels == c)
         if len(pool) == 0:
-            raise UserError(f"the {args.dataset} test split holds no {cls} images")
+            raise UserError(f"the {inputs.dataset_name} test split holds no {cls} images")
         chosen = rng.choice(pool, size=min(args.n, len(pool)), replace=False)
         images = torch.stack([test_dataset[int(i)][0] for i in chosen])
         with torch.no_grad():
@@ -108,8 +78,9 @@ def main(argv: list[str] | None = None) -> list:
             axes[1, k].imshow(overlay(images[k], cams[k], norm))
             for ax in axes[:, k]:
                 ax.axis("off")
-        fig.suptitle(f"{args.method} of {args.model} on {args.dataset}: {cls} test images (target class: {cls})")
-        written.append(save_figure(fig, args.figures_dir / f"{run_name(args.dataset, args.model)}_{cls.capitalize()}_Image_{suffix}.png"))
+        fig.suptitle(f"{args.method} of {inputs.model_name} on {inputs.dataset_name}: {cls} test images (target class: {cls})")
+        prefix = run_name(inputs.dataset_name, inputs.model_name)
+        written.append(save_figure(fig, args.figures_dir / f"{prefix}_{cls.capitalize()}_Image_{suffix}.png"))
     return written
 
 

@@ -20,7 +20,6 @@ from torchvision.models import ResNet50_Weights, resnet50
 from bonus_model import BonusNet
 from checkpoints import checkpoint_model_name, load_weights, read_checkpoint
 from common import IMAGE_SIZE
-from faces_dataset import catalog_run_name, load_dataset
 from mesonet import MESONET_IMAGE_SIZE, MESONET_NORM, Meso4, MesoInception4, is_keras_file, keras_checkpoint
 from pretrained import efficientnet_lite_key_map, efficientnet_lite_weight_file, read_state_dict, resolve_pretrained_weights
 from utils import (
@@ -28,10 +27,7 @@ from utils import (
     IMAGENET_NORM,
     Normalization,
     UserError,
-    get_device,
     get_nof_params,
-    model_normalization,
-    set_seed,
 )
 from xception import FEATURE_DIM, build_xception_backbone
 
@@ -209,15 +205,22 @@ def cam_target_layer(model: nn.Module) -> nn.Module:
 
 
 def load_model_from_checkpoint(
-    path: str | Path, device: torch.device | str = "cpu", expected_model: str | None = None
+    path: str | Path, device: torch.device | str = "cpu", expected_model: str | None = None, advice: str | None = None,
+    into: nn.Module | None = None,
 ) -> tuple[nn.Module, dict]:
-    """Rebuild a model from a checkpoint of train_main.py (or a bare {'model': state_dict} of the assignment, or the
-    MesoNet authors' Keras .h5 file).
+    """The one checkpoint loader: a ready model from a checkpoint of train_main.py (or a bare {'model': state_dict} of
+    the assignment, or the MesoNet authors' Keras .h5 file), in eval mode on `device`, carrying its weights,
+    normalisation (model.normalization), input size (model.image_size), decision threshold (model.decision_threshold)
+    and name (model.model_name); returned with the checkpoint dict (run record, framing).
 
-    Raises a UserError when the file is missing, unreadable, unsafe, or holds another architecture than `expected_model`.
+    With `into`, the weights go into that model as it is (train_main.py --init-from) instead of a new one. Raises a
+    UserError when the file is missing, unreadable, unsafe, or holds another architecture than `expected_model`
+    (`advice` replaces the "pass -m" hint), and a WeightsMismatch when its weights do not fit.
     """
     ckpt = keras_checkpoint(path) if is_keras_file(path) else read_checkpoint(path, device)
-    name = checkpoint_model_name(ckpt, path, expected_model)
+    name = checkpoint_model_name(ckpt, path, expected_model, advice)
+    if into is not None:
+        return load_weights(into, ckpt, path, name), ckpt
     kwargs = {k: v for k, v in dict(ckpt.get("model_kwargs", {})).items() if k in ("image_size",)}
     model = load_weights(build_model(name, pretrained=False, **kwargs), ckpt, path, name)  # sets its normalisation
     model.image_size = checkpoint_image_size(ckpt)
@@ -227,24 +230,6 @@ def load_model_from_checkpoint(
 def checkpoint_image_size(ckpt: dict) -> int:
     """The input size a loaded checkpoint was trained at (the assignment's 256 for bare state dicts)."""
     return int(ckpt.get("model_kwargs", {}).get("image_size", IMAGE_SIZE))
-
-
-def load_analysis_inputs(args: Any) -> tuple[nn.Module, torch.utils.data.Dataset, torch.device]:
-    """For the analysis scripts: seed, device, the checkpoint's model (eval mode) and the test split (of -d or of
-    --catalog) at its image size and normalisation. Fills args.model from the checkpoint when -m was not given (and
-    refuses a contradiction), and names a --catalog run's outputs 'catalog-<folder>' through args.dataset."""
-    catalog = getattr(args, "catalog", None)  # callers without add_analysis_args have no --catalog
-    if catalog is not None:
-        args.dataset = catalog_run_name(catalog)
-    elif args.dataset is None:
-        raise UserError("pass -d DATASET (or --catalog CSV) to say which test split to evaluate")
-    set_seed(args.seed)
-    device = get_device(args.device)
-    model, ckpt = load_model_from_checkpoint(args.checkpoint_path, device, expected_model=args.model)
-    args.model = model.model_name
-    dataset = load_dataset(args.dataset, "test", args.data_root, checkpoint_image_size(ckpt), args.limit,
-                           model_normalization(model), catalog=catalog)
-    return model, dataset, device
 
 
 def main() -> None:

@@ -13,12 +13,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from sklearn import metrics
-from torch import nn
-from torch.utils.data import Dataset
-from tqdm import tqdm
 
+from analysis import add_analysis_args, get_soft_scores_and_true_labels, load_analysis_inputs
 from common import run_name
 from faces_dataset import dataset_sources, load_dataset
 from metrics import (
@@ -34,13 +31,11 @@ from metrics import (
     video_scores,
     youden_threshold,
 )
-from models import MODEL_NAMES, class_probabilities, load_analysis_inputs
+from models import MODEL_NAMES
 from utils import (
     UserError,
-    add_analysis_args,
     atomic_write_json,
     cli_main,
-    make_loader,
     model_normalization,
     new_figure,
     positive_int,
@@ -49,23 +44,6 @@ from utils import (
 )
 
 SCORE_GROUPS = {"A: real score (output 0)": 0, "B: fake score (output 1)": 1}
-
-
-@torch.no_grad()
-def get_soft_scores_and_true_labels(
-    dataset: Dataset, model: nn.Module, batch_size: int = 32, device: torch.device | str = "cpu", progress: bool = True,
-    num_workers: int | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(softmax of output 0, softmax of output 1, true labels) over the whole dataset, in dataset order."""
-    model.eval()
-    first, second, labels = [], [], []
-    loader = make_loader(dataset, batch_size, shuffle=False, device=torch.device(device), num_workers=num_workers)
-    for images, y in tqdm(loader, desc="scoring", disable=not progress, leave=False):
-        probs = class_probabilities(model(images.to(device))).cpu()
-        first.append(probs[:, 0])
-        second.append(probs[:, 1])
-        labels.append(y)
-    return torch.cat(first).numpy(), torch.cat(second).numpy(), torch.cat(labels).numpy()
 
 
 def plot_roc_and_det(labels: np.ndarray, scores: dict[str, np.ndarray], title: str, roc_path: Path, det_path: Path) -> None:
@@ -138,7 +116,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     writable_dir(args.figures_dir, "--figures-dir")
-    model, test_dataset, device = load_analysis_inputs(args)
+    inputs = load_analysis_inputs(args)
+    model, test_dataset, device = inputs.model, inputs.dataset, inputs.device
     real_scores, fake_scores, labels = get_soft_scores_and_true_labels(test_dataset, model, args.batch_size, device,
                                                                        not args.no_progress, args.num_workers)
     if len(np.unique(labels)) < 2:
@@ -149,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
     # validation split (by default the EER threshold the checkpoint stores), and bootstrap intervals of AUC and EER
     val_scores = val_labels = None
     if args.threshold == "val-youden" or args.calibrate:
-        val = load_dataset(args.dataset, "val", args.data_root, model.image_size, args.limit, model_normalization(model),
+        val = load_dataset(inputs.dataset_name, "val", args.data_root, model.image_size, args.limit, model_normalization(model),
                            catalog=args.catalog)
         _, val_scores, val_labels = get_soft_scores_and_true_labels(val, model, args.batch_size, device,
                                                                     not args.no_progress, args.num_workers)
@@ -176,13 +155,13 @@ def main(argv: list[str] | None = None) -> dict:
     sources = dataset_sources(test_dataset)
     if sources is not None:  # frames of videos (a catalog): one score per video, as DeepfakeBench reports beside frames
         result["video"] = per_video_metrics(sources, labels, fake_scores, value)
-    result.update(model=args.model, dataset=args.dataset, checkpoint=str(args.checkpoint_path))
-    prefix = run_name(args.dataset, args.model)
+    result.update(model=inputs.model_name, dataset=inputs.dataset_name, checkpoint=str(args.checkpoint_path))
+    prefix = run_name(inputs.dataset_name, inputs.model_name)
     plot_roc_and_det(
-        labels, {name: (real_scores, fake_scores)[i] for name, i in SCORE_GROUPS.items()}, f"{args.model} on {args.dataset}",
+        labels, {name: (real_scores, fake_scores)[i] for name, i in SCORE_GROUPS.items()}, f"{inputs.model_name} on {inputs.dataset_name}",
         args.figures_dir / f"{prefix}_roc_curve.png", args.figures_dir / f"{prefix}_det_curve.png",
     )
-    plot_reliability(bins, f"Reliability: {args.model} on {args.dataset} (ECE {result['ece']:.3f})",
+    plot_reliability(bins, f"Reliability: {inputs.model_name} on {inputs.dataset_name} (ECE {result['ece']:.3f})",
                      args.figures_dir / f"{prefix}_reliability.png")
     atomic_write_json(args.figures_dir / f"{prefix}_metrics.json", result)
     ci = result["ci95"]

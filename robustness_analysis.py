@@ -27,15 +27,14 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
+from analysis import add_analysis_args, get_soft_scores_and_true_labels, load_analysis_inputs
 from attacks import attack_batch, cw_attack
 from common import DEFAULT_PGD_STEPS, ROBUSTNESS_EPSILONS, run_name
 from faces_dataset import CORRUPTIONS, Corruption, dataset_labels, load_dataset
 from metrics import safe_auc
-from models import MODEL_NAMES, load_analysis_inputs, p_fake
-from numerical_analysis import get_soft_scores_and_true_labels
+from models import MODEL_NAMES, p_fake
 from utils import (
     UserError,
-    add_analysis_args,
     atomic_write_json,
     cli_main,
     denormalize,
@@ -243,7 +242,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     overlays = load_overlays(args.overlay)
     writable_dir(args.figures_dir, "--figures-dir")
-    model, test_dataset, device = load_analysis_inputs(args)
+    inputs = load_analysis_inputs(args)
+    model, test_dataset, device = inputs.model, inputs.dataset, inputs.device
+    # the resolved names (on a copy: the caller's args are left as they were)
+    args = argparse.Namespace(**{**vars(args), "model": inputs.model_name, "dataset": inputs.dataset_name})
     norm = model_normalization(model)
     name = run_name(args.dataset, args.model, tag=args.tag or "")
     result: dict = {"model": args.model, "dataset": args.dataset, "checkpoint": str(args.checkpoint_path), "tag": args.tag,

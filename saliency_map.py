@@ -15,10 +15,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from analysis import add_analysis_args, load_analysis_inputs
 from common import CLASS_NAMES, run_name
-from models import MODEL_NAMES, load_analysis_inputs
+from models import MODEL_NAMES
 from utils import (
-    add_analysis_args,
     cli_main,
     frozen_eval,
     make_loader,
@@ -71,9 +71,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> list:
     args = parse_args(argv)
     writable_dir(args.figures_dir, "--figures-dir")
-    model, test_dataset, device = load_analysis_inputs(args)
+    inputs = load_analysis_inputs(args)
+    model, test_dataset, device = inputs.model, inputs.dataset, inputs.device
     norm = model_normalization(model)
-    prefix = args.figures_dir / run_name(args.dataset, args.model)
+    prefix = args.figures_dir / run_name(inputs.dataset_name, inputs.model_name)
 
     images, labels = sample_batch(test_dataset, min(args.n_pairs, len(test_dataset)), args.seed)
     maps = compute_gradient_saliency_maps(images.to(device), labels.to(device), model).cpu()
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> list:
         axes[1, i].imshow(maps[i].numpy(), cmap="hot")
         for ax in axes[:, i]:
             ax.axis("off")
-    fig.suptitle(f"{args.model} on {args.dataset}: images and their saliency maps (|grad| of the true-class score)")
+    fig.suptitle(f"{inputs.model_name} on {inputs.dataset_name}: images and their saliency maps (|grad| of the true-class score)")
     pairs = save_figure(fig, f"{prefix}_saliency_maps_and_images_pairs.png")
 
     means = mean_saliency_per_class(model, test_dataset, args.batch_size, device, not args.no_progress, args.num_workers)

@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from attacks import pgd_step_size
+from checkpoints import WeightsMismatch
 from common import (
     BALANCE,
     BONUS_CHECKPOINT,
@@ -213,13 +214,12 @@ def make_optimizer(name: str, groups: list[dict], lr: float, momentum: float, we
 
 
 def init_weights(model: nn.Module, checkpoint: Path, model_name: str) -> None:
-    """Copy the weights of a checkpoint of the same architecture and input size into `model`."""
-    source, _ = load_model_from_checkpoint(checkpoint, "cpu", expected_model=model_name)
+    """Load the weights of a checkpoint of the same architecture and input size into `model`."""
     try:
-        model.load_state_dict(source.state_dict())
-    except RuntimeError as err:
+        load_model_from_checkpoint(checkpoint, expected_model=model_name, into=model)
+    except WeightsMismatch as err:
         raise UserError(f"--init-from {checkpoint} does not fit this {model_name} (was it trained at another "
-                        f"--image-size?): {str(err).splitlines()[0]}") from err
+                        f"--image-size?): {err.detail}") from err
     print(f"initialised from {checkpoint}")
 
 

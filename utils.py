@@ -24,11 +24,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from common import (
-    DATA_ROOT,
-    DATASETS,
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_SEED,
-    FIGURES_DIR,
     IMAGENET_MEAN,
     IMAGENET_STD,
     NORM_MEAN,
@@ -358,27 +353,6 @@ def save_figure(fig: Any, path: str | Path) -> Path:
     plt.close(fig)
     print(f"saved {path}")
     return path
-
-
-def add_analysis_args(parser: Any, model_names: tuple[str, ...]) -> None:
-    """The flags every analysis script shares: the assignment's -m/-cpp/-d plus data, device, seed and output.
-
-    -m is optional: the checkpoint names its model, and a -m that contradicts it is an error.
-    """
-    parser.add_argument("-m", "--model", choices=model_names, help="model name (checked against the checkpoint)")
-    parser.add_argument("-cpp", "--checkpoint_path", "--checkpoint", dest="checkpoint_path", type=Path, required=True,
-                        help="checkpoint written by train_main.py, e.g. checkpoints/fakes_dataset_SimpleNet_Adam.pt")
-    parser.add_argument("-d", "--dataset", choices=DATASETS, help="dataset name (required unless --catalog is given)")
-    parser.add_argument("--data-root", type=Path, default=DATA_ROOT, help="folder holding the datasets (default: %(default)s)")
-    parser.add_argument("--catalog", type=Path, help="evaluate the test rows of a catalog.csv of tools/face_preprocess.py "
-                        "instead of -d's test split (numerical_analysis.py then also scores each source video)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed for sampling images (default: %(default)s)")
-    parser.add_argument("--limit", type=positive_int, help="use at most this many test images")
-    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="batch size (default: %(default)s)")
-    parser.add_argument("--num-workers", type=non_negative_int, help="DataLoader workers (default: none below 4 CPU cores, else half the cores)")
-    parser.add_argument("--figures-dir", type=Path, default=FIGURES_DIR, help="output folder (default: %(default)s)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def sample_batch(dataset: Dataset, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

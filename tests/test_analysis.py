@@ -165,7 +165,7 @@ def test_wrong_checkpoint_is_a_clear_error(trained, demo_root, tmp_path, capsys)
 
 
 def test_every_cam_method_name_maps_to_a_class_and_runs():
-    from grad_cam_analysis import METHOD_NAMES, cam_methods
+    from analysis import METHOD_NAMES, cam_methods
 
     assert set(cam_methods()) == set(METHOD_NAMES)
     x = torch.zeros(1, 3, 16, 16)

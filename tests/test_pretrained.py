@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from analysis import load_analysis_inputs
 from attacks import NormalizedModel, fgsm_attack, pgd_attack
 from checkpoints import save_checkpoint
 from faces_dataset import get_transforms, load_dataset
-from models import MODEL_SPECS, build_model, efficientnet_lite_imagenet, get_nof_params, load_analysis_inputs
+from models import MODEL_SPECS, build_model, efficientnet_lite_imagenet, get_nof_params
 from pretrained import efficientnet_lite_key_map, efficientnet_lite_weight_file, read_state_dict
 from utils import IMAGENET_NORM, Normalization, denormalize, model_normalization, normalize, to_display
 from xception import build_xception_backbone
@@ -124,8 +125,10 @@ def test_normalisation_reaches_displays_and_datasets(demo_root, tmp_path):
     class Args:
         seed, device, model, checkpoint_path, dataset, data_root, limit = 0, "cpu", None, ckpt, "fakes_dataset", demo_root, 4
 
-    loaded, dataset, _ = load_analysis_inputs(Args)
-    assert model_normalization(loaded) == custom and Args.model == "SimpleNet"  # -m filled in from the checkpoint
+    inputs = load_analysis_inputs(Args)
+    loaded, dataset = inputs.model, inputs.dataset
+    # the model's name comes from the checkpoint when -m is not given, and the caller's args are left as they were
+    assert model_normalization(loaded) == custom and inputs.model_name == "SimpleNet" and Args.model is None
     raw = load_dataset("fakes_dataset", "test", demo_root, 64, 4, norm=Normalization((0, 0, 0), (1, 1, 1)))
     image, _ = dataset[0]
     expected = (raw[0][0] - torch.tensor(custom.mean).view(3, 1, 1)) / torch.tensor(custom.std).view(3, 1, 1)

@@ -25,7 +25,7 @@ import detect  # noqa: E402
 from checkpoints import save_checkpoint  # noqa: E402
 from common import OUT_DIR  # noqa: E402
 from face_detection import DEFAULT_MARGIN, FaceDetector, crop_face, sample_frames  # noqa: E402
-from models import build_model, checkpoint_image_size, load_model_from_checkpoint  # noqa: E402
+from models import build_model, load_model_from_checkpoint  # noqa: E402
 from utils import atomic_write_json, get_device  # noqa: E402
 
 
@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> dict:
             model = build_model("Bonus")
             save_checkpoint({"model": model.state_dict(), "model_name": "Bonus", "model_kwargs": {"image_size": 256},
                              "normalization": model.normalization.to_dict()}, ckpt)
-        model, meta = load_model_from_checkpoint(ckpt, device)
-        scorer = detect.Scorer(model, checkpoint_image_size(meta), device, 32)
+        model, _ = load_model_from_checkpoint(ckpt, device)
+        scorer = detect.Scorer(model, model.image_size, device, 32)
         detector = FaceDetector(str(device))
         video = tmp / "clip.mp4"
         n_video = make_video(data.astronaut(), video)

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from analysis import get_soft_scores_and_true_labels  # noqa: E402
 from common import DATASETS, DEFAULT_SEED, FIGURES_DIR, OUT_DIR  # noqa: E402
 from faces_dataset import load_dataset  # noqa: E402
 from metrics import bootstrap_intervals, compute_metrics, equal_error_rate  # noqa: E402
-from models import checkpoint_image_size, load_model_from_checkpoint  # noqa: E402
-from numerical_analysis import get_soft_scores_and_true_labels  # noqa: E402
+from models import load_model_from_checkpoint  # noqa: E402
 from utils import (  # noqa: E402
     UserError,
     atomic_write_json,
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             threshold, source = model.decision_threshold
             if args.threshold == "target-val":
                 threshold, source = target_threshold(model, root, dataset, args, device)
-            test = load_dataset(dataset, "test", root, checkpoint_image_size(ckpt), args.limit, model_normalization(model))
+            test = load_dataset(dataset, "test", root, model.image_size, args.limit, model_normalization(model))
             _, scores, labels = get_soft_scores_and_true_labels(test, model, args.batch_size, device, not args.no_progress)
             test_set = f"{root.name}/{dataset}" if several_roots else dataset
             rows.append({"checkpoint": name, "model": model.model_name, "test_set": test_set, "threshold": threshold,

@@ -1,0 +1,133 @@
+"""The analysis scripts' shared front half: their flags, the checkpoint's model with the test split it is scored on, the
+scorer, and the CAM helpers.
+
+numerical_analysis.py, saliency_map.py, grad_cam_analysis.py and robustness_analysis.py start here; bonus_main.py,
+detect.py and tools/cross_eval.py use the scorer or the CAMs. Living in one module, none of them imports another script.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from common import DATA_ROOT, DATASETS, DEFAULT_BATCH_SIZE, DEFAULT_SEED, FIGURES_DIR
+from faces_dataset import catalog_run_name, load_dataset
+from models import cam_target_layer, class_probabilities, load_model_from_checkpoint
+from utils import (
+    Normalization,
+    UserError,
+    get_device,
+    make_loader,
+    model_normalization,
+    non_negative_int,
+    positive_int,
+    set_seed,
+    to_display,
+)
+
+
+def add_analysis_args(parser: argparse.ArgumentParser, model_names: tuple[str, ...]) -> None:
+    """The flags every analysis script shares: the assignment's -m/-cpp/-d plus data, device, seed and output.
+
+    -m is optional: the checkpoint names its model, and a -m that contradicts it is an error.
+    """
+    parser.add_argument("-m", "--model", choices=model_names, help="model name (checked against the checkpoint)")
+    parser.add_argument("-cpp", "--checkpoint_path", "--checkpoint", dest="checkpoint_path", type=Path, required=True,
+                        help="checkpoint written by train_main.py, e.g. checkpoints/fakes_dataset_SimpleNet_Adam.pt")
+    parser.add_argument("-d", "--dataset", choices=DATASETS, help="dataset name (required unless --catalog is given)")
+    parser.add_argument("--data-root", type=Path, default=DATA_ROOT, help="folder holding the datasets (default: %(default)s)")
+    parser.add_argument("--catalog", type=Path, help="evaluate the test rows of a catalog.csv of tools/face_preprocess.py "
+                        "instead of -d's test split (numerical_analysis.py then also scores each source video)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed for sampling images (default: %(default)s)")
+    parser.add_argument("--limit", type=positive_int, help="use at most this many test images")
+    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="batch size (default: %(default)s)")
+    parser.add_argument("--num-workers", type=non_negative_int, help="DataLoader workers (default: none below 4 CPU cores, else half the cores)")
+    parser.add_argument("--figures-dir", type=Path, default=FIGURES_DIR, help="output folder (default: %(default)s)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+@dataclass(frozen=True)
+class AnalysisInputs:
+    """What an analysis script works on, resolved from its flags."""
+
+    model: nn.Module  # the checkpoint's model, in eval mode, on `device`, with its normalisation and image size
+    dataset: Dataset  # the test split (of -d or of --catalog) at the model's image size and normalisation
+    device: torch.device
+    model_name: str  # from the checkpoint (-m only checks it)
+    dataset_name: str  # -d, or catalog-<folder> for --catalog: names the script's outputs
+
+
+def load_analysis_inputs(args: argparse.Namespace) -> AnalysisInputs:
+    """Seed, device, the checkpoint's model and the test split it is scored on; a -m that contradicts the checkpoint,
+    or neither -d nor --catalog, is a UserError. `args` is only read."""
+    catalog = getattr(args, "catalog", None)  # callers without add_analysis_args have no --catalog
+    if catalog is None and args.dataset is None:
+        raise UserError("pass -d DATASET (or --catalog CSV) to say which test split to evaluate")
+    dataset_name = args.dataset if catalog is None else catalog_run_name(catalog)
+    set_seed(args.seed)
+    device = get_device(args.device)
+    model, _ = load_model_from_checkpoint(args.checkpoint_path, device, expected_model=args.model)
+    dataset = load_dataset(dataset_name, "test", args.data_root, model.image_size, args.limit,
+                           model_normalization(model), catalog=catalog)
+    return AnalysisInputs(model, dataset, device, model.model_name, dataset_name)
+
+
+@torch.no_grad()
+def get_soft_scores_and_true_labels(
+    dataset: Dataset, model: nn.Module, batch_size: int = 32, device: torch.device | str = "cpu", progress: bool = True,
+    num_workers: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(softmax of output 0, softmax of output 1, true labels) over the whole dataset, in dataset order (the
+    assignment's scorer; the model is left in eval mode, as the assignment's code leaves it)."""
+    model.eval()
+    first, second, labels = [], [], []
+    loader = make_loader(dataset, batch_size, shuffle=False, device=torch.device(device), num_workers=num_workers)
+    for images, y in tqdm(loader, desc="scoring", disable=not progress, leave=False):
+        probs = class_probabilities(model(images.to(device))).cpu()
+        first.append(probs[:, 0])
+        second.append(probs[:, 1])
+        labels.append(y)
+    return torch.cat(first).numpy(), torch.cat(second).numpy(), torch.cat(labels).numpy()
+
+
+# ---- class activation maps (grad_cam_analysis.py, detect.py --cam) ----------------------------------------------------
+METHOD_NAMES = ("gradcam", "gradcam++", "xgradcam", "scorecam", "eigencam", "hirescam", "layercam")
+
+
+def cam_methods() -> dict:
+    """CLI name -> pytorch-grad-cam class (imported here: the package takes seconds to import)."""
+    import pytorch_grad_cam as pgc
+
+    return {
+        "gradcam": pgc.GradCAM, "gradcam++": pgc.GradCAMPlusPlus, "xgradcam": pgc.XGradCAM, "scorecam": pgc.ScoreCAM,
+        "eigencam": pgc.EigenCAM, "hirescam": pgc.HiResCAM, "layercam": pgc.LayerCAM,
+    }
+
+
+def compute_cams(model: nn.Module, images: torch.Tensor, classes: torch.Tensor, method: str = "gradcam") -> np.ndarray:
+    """CAMs (B,H,W) in [0,1] of `classes` for normalised images (B,3,H,W), at the model's target layer, computed in
+    eval mode; the model's mode is restored afterwards, and an error inside the CAM is raised."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    was_training = model.training
+    model.eval()
+    cam = cam_methods()[method](model=model, target_layers=[cam_target_layer(model)])
+    try:  # not pytorch-grad-cam's `with`: its __exit__ swallows an IndexError, and the call would return None
+        return cam(input_tensor=images, targets=[ClassifierOutputTarget(int(c)) for c in classes])
+    finally:
+        cam.activations_and_grads.release()
+        model.train(was_training)
+
+
+def overlay(image: torch.Tensor, cam: np.ndarray, norm: Normalization) -> np.ndarray:
+    """The CAM drawn over a normalised (3,H,W) image (undone with the model's `norm`): (H,W,3) uint8 in [0,255]."""
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    return show_cam_on_image(to_display(image, norm), cam, use_rgb=True)

@@ -1,0 +1,96 @@
+"""The single owners: one run name, one P(fake), one checkpoint loader (also for --init-from and the bonus model), CAM
+helpers that leave the model as they found it and fail loudly, analysis inputs that leave the caller's args alone."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import models
+import train_main
+from analysis import compute_cams
+from bonus_model import my_bonus_model
+from checkpoints import save_checkpoint
+from common import run_name
+from models import build_model, load_model_from_checkpoint, p_fake
+from utils import UserError
+
+
+class Blob(nn.Module):
+    """Two outputs from one conv layer (the CAM target), with a dropout that tells train from eval mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv3 = nn.Conv2d(3, 2, 3, padding=1)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(torch.relu(self.conv3(x)).mean(dim=(2, 3)))
+
+    def cam_layer(self) -> nn.Module:
+        return self.conv3
+
+
+def test_run_name_is_the_one_rule_for_logs_checkpoints_and_figures():
+    assert run_name("fakes_dataset", "SimpleNet", "Adam") == "fakes_dataset_SimpleNet_Adam"
+    assert run_name("fakes_dataset", "SimpleNet", "Adam", "advpgd") == "fakes_dataset_SimpleNet_Adam_advpgd"
+    assert run_name("fakes_dataset", "SimpleNet") == "fakes_dataset_SimpleNet"  # a figure prefix: no optimizer
+    assert run_name("fakes_dataset", "Bonus", tag="advpgd") == "fakes_dataset_Bonus_advpgd"
+    assert run_name("catalog-clips", "EfficientNetLite0", "Adam", "") == "catalog-clips_EfficientNetLite0_Adam"
+
+
+def test_p_fake_is_softmax_output_one_in_float32():
+    logits = torch.tensor([[0.0, math.log(3.0)], [math.log(4.0), 0.0]], dtype=torch.float16)
+    scores = p_fake(logits)
+    assert scores.dtype == torch.float32
+    assert torch.allclose(scores, torch.tensor([0.75, 0.2]), atol=1e-3)  # 3/(1+3); 1/(4+1): column 1, not 0
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_cams_leave_the_model_in_the_mode_they_found_it(training):
+    model = Blob().train(training)
+    cams = compute_cams(model, torch.rand(2, 3, 8, 8), torch.tensor([1, 0]))
+    assert cams.shape == (2, 8, 8) and model.training is training
+
+
+def test_a_failing_cam_raises_instead_of_returning_none():
+    model = Blob().train()
+    with pytest.raises(IndexError):  # class 5 of a 2-output model: pytorch-grad-cam's context manager would swallow it
+        compute_cams(model, torch.rand(1, 3, 8, 8), torch.tensor([5]))
+    assert model.training  # restored on the way out too
+
+
+def test_one_loader_reads_weights_size_threshold_and_name(tmp_path):
+    net = build_model("SimpleNet", pretrained=False, image_size=64)
+    path = tmp_path / "simple.pt"
+    save_checkpoint({"model": net.state_dict(), "model_name": "SimpleNet", "model_kwargs": {"image_size": 64},
+                     "normalization": net.normalization.to_dict(), "threshold": {"value": 0.37, "source": "validation EER"}},
+                    path)
+    model, _ = load_model_from_checkpoint(path)
+    assert (model.image_size, model.decision_threshold, model.model_name, model.training) == (
+        64, (0.37, "validation EER"), "SimpleNet", False)
+    # the bonus model's entry point goes through the same loader: its image size is known, another model refused
+    bonus = build_model("Bonus", pretrained=False)
+    save_checkpoint({"model": bonus.state_dict(), "model_name": "Bonus", "model_kwargs": {"image_size": 96},
+                     "normalization": bonus.normalization.to_dict()}, tmp_path / "bonus.pt")
+    loaded = my_bonus_model(tmp_path / "bonus.pt")
+    assert loaded.image_size == 96 and loaded.model_name == "Bonus"
+    with pytest.raises(UserError, match="holds a SimpleNet model, not Bonus; pass the checkpoint of a Bonus run"):
+        my_bonus_model(path)
+
+
+def test_init_from_loads_into_the_model_without_building_another(tmp_path, monkeypatch):
+    source = build_model("SimpleNet", pretrained=False, image_size=64)
+    path = tmp_path / "simple.pt"
+    save_checkpoint({"model": source.state_dict(), "model_name": "SimpleNet", "model_kwargs": {"image_size": 64}}, path)
+    target = build_model("SimpleNet", pretrained=False, image_size=64).train()
+
+    def no_second_model(*_args, **_kwargs):
+        raise AssertionError("a second model was built")
+
+    monkeypatch.setattr(models, "build_model", no_second_model)
+    train_main.init_weights(target, path, "SimpleNet")
+    assert all(torch.equal(target.state_dict()[k], v) for k, v in source.state_dict().items())
+    assert target.training  # loaded as it is: the trainer sets the mode
