@@ -3,7 +3,7 @@
 A pickled checkpoint may hold any Python object, and unpickling one runs whatever code it names: a crafted `.pt`
 passed to an analysis script, `--init-from` or found as `_last.pt` by `--resume` would execute a payload. So every
 checkpoint this suite writes holds only tensors, dicts, lists, strings, numbers, booleans and None (the model and
-optimizer state dicts, RNG states as tensors, the run record), and every read refuses anything else with one sentence.
+optimizer state dicts, the run record), and every read refuses anything else with one sentence.
 
 Layout ("format": "fmd-checkpoint-v2"): model, optimizer, scaler, epoch, model_name, model_kwargs, normalization
 ({"mean", "std"}), threshold ({"value", "source"}), framing ({"margin", "source"}: how the training faces were cropped,

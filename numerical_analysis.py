@@ -4,7 +4,8 @@
 
 One pass over the test set collects both soft scores (softmax output 0 = "real" score, group A; output 1 = "fake"
 score, group B) and the labels (1 = fake is the positive class). Writes figures/<dataset>_<model>_roc_curve.png,
-figures/<dataset>_<model>_det_curve.png and figures/<dataset>_<model>_metrics.json; prints the metrics.
+figures/<dataset>_<model>_det_curve.png, figures/<dataset>_<model>_reliability.png (calibration) and
+figures/<dataset>_<model>_metrics.json; prints the metrics.
 """
 from __future__ import annotations
 

@@ -70,7 +70,7 @@ from faces_dataset import (
 from landmarks import folder_landmarks
 from models import MODEL_NAMES, MODEL_SPECS, PRETRAINED_MODELS, build_model, load_model_from_checkpoint
 from self_blend import FAKE_MODES, FakePairs, PairConcat, SelfBlendEvaluation, SelfBlendPairs
-from trainer import AdversarialConfig, LoggingParameters, Schedule, Trainer, optimizer_params_for_log
+from trainer import AdversarialConfig, LoggingParameters, Schedule, Trainer, TrainerConfig, optimizer_params_for_log
 from utils import (
     Normalization,
     UserError,
@@ -384,15 +384,16 @@ def _train(args: argparse.Namespace, world: World, device: torch.device, dataset
                   device=str(device), torch=torch.__version__, normalization=norm.to_dict(),
                   class_weights=weight.tolist() if weight is not None else None, world_size=world.size,
                   class_counts={split: class_counts(ds) for split, ds in zip(SPLITS, (train_ds, val_ds, test_ds))})
-    model_kwargs = {"image_size": args.image_size}
-    trainer = Trainer(
-        model, optimizer, nn.CrossEntropyLoss(weight=weight), args.batch_size, train_ds, val_ds, test_ds,
+    settings = TrainerConfig(
         device=device, num_workers=args.num_workers, seed=args.seed, out_dir=args.out_dir,
-        checkpoint_dir=args.checkpoint_dir, amp=args.amp, progress=not args.no_progress, model_kwargs=model_kwargs,
-        adversarial=AdversarialConfig(args.adv, args.eps, alpha, args.steps, args.adv_ratio), run_config=config,
+        checkpoint_dir=args.checkpoint_dir, amp=args.amp, adversarial=AdversarialConfig(args.adv, args.eps, alpha,
+                                                                                        args.steps, args.adv_ratio),
+        progress=not args.no_progress, model_kwargs={"image_size": args.image_size}, run_config=config,
         schedule=Schedule(args.scheduler, args.warmup_epochs, args.step_size, args.gamma), select_by=args.select_by,
         balanced_sampler=args.balance == "sampler", world=world, tensorboard_dir=board_dir,
     )
+    trainer = Trainer(model, optimizer, nn.CrossEntropyLoss(weight=weight), args.batch_size, train_ds, val_ds, test_ds,
+                      settings)
     try:
         record = trainer.run(args.epochs, lp, resume=args.resume)
     except KeyboardInterrupt:

@@ -1,6 +1,8 @@
-"""The abstract Trainer: trains any 2-output model on a real/fake dataset, validates and tests every epoch, logs and saves.
+"""The Trainer (the assignment's "abstract trainer"): trains a 2-output model on a real/fake dataset, validates and
+tests every epoch, logs and saves.
 
-Model- and dataset-agnostic (the caller wires them in, see train_main.py). Per run it writes
+The caller builds the model, optimizer and datasets and passes a TrainerConfig (see train_main.py); a dataset yields
+(image, label) pairs, and --balance sampler also needs its .labels. Per run it writes
   out/<dataset>_<model>_<opt>.json          the assignment's JSON list of run records, one record per run
   checkpoints/<dataset>_<model>_<opt>.pt    the checkpoint of the best validation epoch (by accuracy, AUC or loss)
   checkpoints/<dataset>_<model>_<opt>_last.pt  the latest epoch, for --resume
@@ -49,9 +51,11 @@ from utils import (
     UserError,
     atomic_write_json,
     denormalize,
+    file_lock,
     make_loader,
     model_normalization,
     normalize,
+    parse_run_records,
     remove_stale_temp_files,
     set_seed,
 )
@@ -154,23 +158,6 @@ class SeededDataset(Dataset):
             finally:
                 random.setstate(py_state)
                 np.random.set_state(np_state)
-
-
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive OS lock on `path`.lock (POSIX flock) while reading-modifying-writing `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as handle:
-        try:
-            import fcntl
-        except ImportError:  # Windows: no flock; concurrent writers there are not protected
-            yield
-            return
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @dataclass
@@ -287,8 +274,46 @@ def log_epoch(board: Any, record: dict, epoch: int) -> None:
     board.flush()
 
 
+@dataclass
+class TrainerConfig:
+    """How the Trainer runs, beyond the assignment's seven constructor arguments (train_main.py fills it from its flags;
+    the defaults are the assignment's plain run)."""
+
+    device: torch.device | str = "cpu"
+    """where the model trains ('cpu', 'cuda', 'cuda:1', 'mps')"""
+    num_workers: int | None = None
+    """DataLoader workers; None picks none below 4 CPU cores, else half the cores (utils.make_loader)"""
+    seed: int = DEFAULT_SEED
+    """seeds the shuffles, augmentations, dropout and attacks, reseeded each epoch so --resume repeats a run exactly"""
+    out_dir: str | Path = OUT_DIR
+    """folder of the JSON log"""
+    checkpoint_dir: str | Path = CHECKPOINT_DIR
+    """folder of the best and _last checkpoints"""
+    amp: bool = False
+    """mixed precision on CUDA (ignored elsewhere)"""
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    """adversarial training: which attack, its budget and the share of each batch it replaces"""
+    progress: bool = True
+    """tqdm bars over batches"""
+    model_kwargs: dict = field(default_factory=dict)
+    """what build_model needs to rebuild the model from its checkpoint (its image_size)"""
+    run_config: dict = field(default_factory=dict)
+    """the run's settings, logged in its record and checked by --resume (train_main.py passes its flags)"""
+    schedule: Schedule = field(default_factory=Schedule)
+    """learning-rate schedule per epoch"""
+    select_by: str = "acc"
+    """the validation metric that picks the best checkpoint: acc (the assignment's), auc or loss"""
+    balanced_sampler: bool = False
+    """draw training samples with inverse class-frequency weights (needs the dataset's .labels)"""
+    world: World = SINGLE
+    """the torchrun process group (distributed.py); a single process by default"""
+    tensorboard_dir: str | Path | None = None
+    """also log the per-epoch numbers as TensorBoard scalars there"""
+
+
 class Trainer:
-    """Train, validate and test a model (the assignment's API), with logging, checkpoints and optional extras."""
+    """Train, validate and test a model (the assignment's API), with logging, checkpoints and the extras its
+    TrainerConfig turns on."""
 
     def __init__(
         self,
@@ -299,48 +324,40 @@ class Trainer:
         train_dataset: Dataset,
         validation_dataset: Dataset,
         test_dataset: Dataset,
-        device: torch.device | str = "cpu",
-        num_workers: int | None = None,
-        seed: int = DEFAULT_SEED,
-        out_dir: str | Path = OUT_DIR,
-        checkpoint_dir: str | Path = CHECKPOINT_DIR,
-        amp: bool = False,
-        adversarial: AdversarialConfig | None = None,
-        progress: bool = True,
-        model_kwargs: dict | None = None,
-        run_config: dict | None = None,
-        schedule: Schedule | None = None,
-        select_by: str = "acc",
-        balanced_sampler: bool = False,
-        world: World = SINGLE,
-        tensorboard_dir: str | Path | None = None,
+        config: TrainerConfig | None = None,
+        **settings: Any,
     ):
-        self.device = torch.device(device)
-        self.world = world
+        """The assignment's seven arguments, then a TrainerConfig, or its fields as keywords."""
+        if config is not None and settings:
+            raise TypeError("pass a TrainerConfig or its fields as keywords, not both")
+        config = config if config is not None else TrainerConfig(**settings)
+        self.config = config
+        self.device = torch.device(config.device)
+        self.world = config.world
         self.module = model.to(self.device)  # the bare model: evaluation, attacks and checkpoints use it
         self.model: nn.Module = self.module  # what the training step calls: the DDP wrapper when distributed
-        if world.distributed:
+        if self.world.distributed:
             self.model = DistributedDataParallel(self.module, device_ids=[self.device] if self.device.type == "cuda" else None)
-        self.tensorboard_dir = Path(tensorboard_dir) if tensorboard_dir is not None else None
+        self.tensorboard_dir = Path(config.tensorboard_dir) if config.tensorboard_dir is not None else None
         self.optimizer = optimizer
         self.criterion = criterion
         self.batch_size = batch_size
         self.train_dataset = train_dataset
         self.validation_dataset = validation_dataset
         self.test_dataset = test_dataset
-        self.num_workers = num_workers
-        self.seed = seed
-        self.out_dir = Path(out_dir)
-        self.checkpoint_dir = Path(checkpoint_dir)
-        self.amp = amp and self.device.type == "cuda"
+        self.num_workers = config.num_workers
+        self.seed = config.seed
+        self.out_dir = Path(config.out_dir)
+        self.checkpoint_dir = Path(config.checkpoint_dir)
+        self.amp = config.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.adversarial = adversarial or AdversarialConfig()
-        self.progress = progress
-        self.model_kwargs = model_kwargs or {}
-        self.run_config = run_config or {}
-        self.schedule = schedule or Schedule()
-        self.select_by = select_by
-        self.balanced_sampler = balanced_sampler
+        self.adversarial = config.adversarial or AdversarialConfig()
+        self.progress = config.progress
+        self.model_kwargs = config.model_kwargs or {}
+        self.run_config = config.run_config or {}
+        self.schedule = config.schedule or Schedule()
+        self.select_by = config.select_by
+        self.balanced_sampler = config.balanced_sampler
         self.norm = model_normalization(model)
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
         self.epoch = 0  # epochs completed
@@ -562,13 +579,11 @@ class Trainer:
         """Insert or replace this run's record (by run_id) in the JSON list, under a file lock; a corrupt log is kept
         aside, not lost."""
         path = self.paths(logging_parameters)["json"]
-        with locked(path):
+        with file_lock(path.with_name(path.name + ".lock")):
             records: list[dict] = []
             if path.is_file():
                 try:
-                    records = json.loads(path.read_text())
-                    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-                        raise ValueError("not a list of run records")
+                    records = parse_run_records(path.read_text())
                 except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors too
                     backup = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
                     shutil.move(path, backup)

@@ -265,32 +265,40 @@ def remove_stale_temp_files(folder: str | Path, name: str) -> None:
 
 
 @contextlib.contextmanager
-def run_lock(path: str | Path, what: str, hint: str) -> Iterator[None]:
-    """Hold an exclusive OS lock on `path` for a whole run, so a second run of the same name stops at once with one
-    sentence (which process holds it, and `hint`) instead of overwriting the first one's files. The OS drops the lock
-    when the process ends, however it ends, so a killed run never leaves a stale lock. No-op where flock is missing."""
+def file_lock(path: str | Path, wait: bool = True) -> Iterator[Any]:
+    """Hold an exclusive OS lock (POSIX flock) on the file `path` (created if needed), yielding its handle: wait for
+    it, or with wait=False raise BlockingIOError at once when another process holds it. The OS drops the lock when the
+    process ends, however it ends, so nothing stale is left. No-op (yields None) where flock is missing (Windows)."""
     try:
         import fcntl
-    except ImportError:  # Windows
-        yield
+    except ImportError:  # Windows: no flock; concurrent processes there are not kept apart
+        yield None
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise UserError(f"{what} is already running ({holder}); {hint}") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
-        handle.flush()
-        try:
-            yield
+            yield handle
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def run_lock(path: str | Path, what: str, hint: str) -> Iterator[None]:
+    """Hold the lock file `path` for a whole run, so a second run of the same name stops at once with one sentence
+    (which process holds it, and `hint`) instead of overwriting the first one's files."""
+    try:
+        with file_lock(path, wait=False) as handle:
+            if handle is not None:
+                handle.seek(0)
+                handle.truncate()
+                handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+                handle.flush()
+            yield
+    except BlockingIOError:
+        holder = Path(path).read_text().strip() or "another process"
+        raise UserError(f"{what} is already running ({holder}); {hint}") from None
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
@@ -317,20 +325,29 @@ def resolve_input_path(path: str | Path) -> Path:
     return WORK_DIR / path
 
 
+def parse_run_records(text: str) -> list[dict]:
+    """The run records of a JSON log's text; a ValueError (JSONDecodeError included) when it is no list of records.
+    The one policy of what a log is, for its readers and for the trainer that appends to it."""
+    data = json.loads(text)
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise ValueError("not a list of run records")
+    return data
+
+
 def read_json_list(path: str | Path) -> list[dict]:
     """Read a JSON log (a list of run records), with a clear error when it is missing or corrupt."""
     path = resolve_input_path(path)
     if not path.is_file():
         raise UserError(f"JSON log {path} does not exist; train first (train_main.py writes out/<dataset>_<model>_<opt>.json)")
     try:
-        data = json.loads(path.read_text())
+        return parse_run_records(path.read_text())
     except json.JSONDecodeError as err:
-        raise UserError(f"JSON log {path} is corrupt ({err.msg} at line {err.lineno}); delete it and train again") from err
+        raise UserError(f"JSON log {path} is corrupt ({err.msg} at line {err.lineno}); pass another log, or train again "
+                        "(train_main.py keeps a corrupt log aside and starts a new one)") from err
     except UnicodeDecodeError as err:
         raise UserError(f"{path} is not a JSON file (binary content); pass the out/<dataset>_<model>_<opt>.json log") from err
-    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-        raise UserError(f"JSON log {path} is not a list of run records")
-    return data
+    except ValueError as err:
+        raise UserError(f"JSON log {path} is {err}") from err
 
 
 def new_figure(*args: Any, **kwargs: Any) -> tuple[Any, Any]:

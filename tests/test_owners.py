@@ -94,3 +94,61 @@ def test_init_from_loads_into_the_model_without_building_another(tmp_path, monke
     train_main.init_weights(target, path, "SimpleNet")
     assert all(torch.equal(target.state_dict()[k], v) for k, v in source.state_dict().items())
     assert target.training  # loaded as it is: the trainer sets the mode
+
+
+def test_trainer_settings_are_one_typed_config(tmp_path):
+    from conftest import TinyNet, separable_toy_set
+    from trainer import Trainer, TrainerConfig
+
+    model = TinyNet()
+    args = (model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(), 8, separable_toy_set(8),
+            separable_toy_set(8), separable_toy_set(8))
+    trainer = Trainer(*args, TrainerConfig(out_dir=tmp_path / "o", seed=7, select_by="auc"))
+    assert (trainer.out_dir, trainer.seed, trainer.select_by) == (tmp_path / "o", 7, "auc")
+    assert Trainer(*args, seed=7).config == TrainerConfig(seed=7)  # its fields as keywords: the same config
+    with pytest.raises(TypeError):
+        Trainer(*args, TrainerConfig(), seed=7)
+    with pytest.raises(TypeError):
+        Trainer(*args, sede=7)  # a misspelt setting is an error, not ignored
+
+
+def test_a_log_is_judged_by_one_policy_for_readers_and_the_trainer(tmp_path):
+    from trainer import LoggingParameters, Trainer
+    from utils import read_json_list
+
+    log = tmp_path / "fakes_dataset_SimpleNet_Adam.json"
+    for text in ('[1, 2]', '{"model": "x"}', '[{"a": 1}, 3]'):  # JSON, but no list of run records
+        log.write_text(text)
+        with pytest.raises(UserError, match="not a list of run records"):
+            read_json_list(log)
+        trainer = Trainer.__new__(Trainer)
+        trainer.out_dir, trainer.checkpoint_dir = tmp_path, tmp_path
+        trainer.write_output(LoggingParameters("SimpleNet", "fakes_dataset", "Adam"), {"run_id": "r1"})
+        assert read_json_list(log) == [{"run_id": "r1"}]  # the trainer kept it aside and started a new log
+        kept = sorted(tmp_path.glob("*.corrupt-*"))
+        assert kept and kept[-1].read_text() == text
+        for path in kept:
+            path.unlink()
+
+
+def test_file_lock_waits_or_refuses_at_once(tmp_path):
+    import threading
+    import time
+
+    from utils import file_lock
+
+    lock, events = tmp_path / "x.lock", []
+
+    def second_writer() -> None:
+        with file_lock(lock):  # waits for the first one instead of failing
+            events.append("second in")
+
+    with file_lock(lock):
+        with pytest.raises(BlockingIOError), file_lock(lock, wait=False):
+            pass
+        thread = threading.Thread(target=second_writer)
+        thread.start()
+        time.sleep(0.3)
+        events.append("first out")
+    thread.join(5)
+    assert events == ["first out", "second in"]
