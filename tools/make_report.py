@@ -44,6 +44,7 @@ h3 { margin-top: 1.8rem; font-size: 1.05rem; }
 figure { margin: 1rem 0; break-inside: avoid; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: .9rem; color: #444; }
+code, figcaption, .answer, .missing { overflow-wrap: anywhere; }
 .num { font-weight: 600; font-variant-numeric: tabular-nums; }
 .answer { background: #f3f7fb; border-left: 4px solid #4a7bb7; padding: .4rem .8rem; }
 .yours { border: 2px dashed #c9a227; padding: .6rem .8rem; min-height: 3rem; color: #7a6200; }
@@ -53,7 +54,9 @@ figcaption { font-size: .9rem; color: #444; }
 td, th { border: 1px solid #ccc; padding: .25rem .5rem; text-align: left; } th { background: #f4f4f4; }
 nav ol { columns: 2; font-size: .92rem; } @media (max-width: 40rem) { nav ol { columns: 1; } }
 .note { color: #555; font-size: .92rem; }
-@media print { body { max-width: none; font-size: 11pt; } h2 { break-before: page; } .yours { min-height: 5rem; } }
+h2, h3 { break-after: avoid-page; }
+@media print { body { max-width: none; font-size: 11pt; } h2 { break-before: page; } .yours { min-height: 5rem; }
+               figure img { max-height: 11cm; width: auto; } }
 """
 
 
@@ -198,12 +201,12 @@ def datasets_chapter(run: Run) -> str:
                 cells.append("made on the fly (self-blends)")
                 continue
             fake_share = counts[1] / max(1, sum(counts))
-            cells.append(f"{num(run, path, [record], key + '/0', 'd')} real / {num(run, path, [record], key + '/1', 'd')} "
-                         f"fake ({100 * fake_share:.1f} % fake)")
+            cells.append(f"{num(run, path, [record], key + '/0', 'd')} / {num(run, path, [record], key + '/1', 'd')} "
+                         f"<span class='note'>({100 * fake_share:.1f} % fake)</span>")
         rows.append(cells)
     parts.append("<p>Images per split as the run's training used them (a <code>--limit</code> run uses fewer):</p>")
     if any(cell != "–" for row in rows for cell in row[1:]):
-        parts.append(table(["dataset", "train", "val", "test"], rows))
+        parts.append(table(["dataset", "train: real / fake", "val: real / fake", "test: real / fake"], rows))
     else:
         parts.append(missing(run, "split sizes (no training log records class counts)",
                              train_command("fakes_dataset", "SimpleNet", 5)))
@@ -568,8 +571,9 @@ def header(run: Run) -> str:
     if record is not None and is_demo_data(Path(str(root))):
         demo = (" <b>These are the built-in demo drawings, not real faces: the numbers only show that the pipeline "
                 "runs.</b>")
-    return (f"<h1>Facial manipulation detection: run report</h1><p class='note'>Work dir results from "
-            f"<code>{html.escape(run.ref(run.out_dir))}</code> and <code>{html.escape(run.ref(run.figures_dir))}</code>, "
+    return (f"<h1>Facial manipulation detection: run report</h1><p class='note'>Logs from "
+            f"<code>{html.escape(str(run.out_dir.resolve()))}</code>, figures from "
+            f"<code>{html.escape(str(run.figures_dir.resolve()))}</code>, "
             f"data <code>{html.escape(str(root))}</code>; report written {time.strftime('%Y-%m-%d %H:%M')}.{demo}</p>")
 
 
