@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from common import DATA_ROOT, DATASETS, DEFAULT_BATCH_SIZE, DEFAULT_SEED, FIGURES_DIR
 from faces_dataset import catalog_run_name, load_dataset
+from metrics import equal_error_rate
 from models import cam_target_layer, class_probabilities, load_model_from_checkpoint
 from utils import (
     Normalization,
@@ -95,6 +96,16 @@ def get_soft_scores_and_true_labels(
         second.append(probs[:, 1])
         labels.append(y)
     return torch.cat(first).numpy(), torch.cat(second).numpy(), torch.cat(labels).numpy()
+
+
+def eer_threshold_on(dataset: Dataset, model: nn.Module, device: torch.device | str, what: str, batch_size: int = 32,
+                     progress: bool = True) -> float:
+    """The model's EER threshold on P(fake) over a labelled set (a val split, a folder of the user's face crops), for
+    a decision threshold fitted to data like the data it will judge; `what` names the set when it holds one class."""
+    _, scores, labels = get_soft_scores_and_true_labels(dataset, model, batch_size, device, progress)
+    if len(np.unique(labels)) < 2:
+        raise UserError(f"{what} holds one class only, so its EER threshold is undefined; it needs real and fake images")
+    return equal_error_rate(labels, scores)[1]
 
 
 # ---- class activation maps (grad_cam_analysis.py, detect.py --cam) ----------------------------------------------------

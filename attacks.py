@@ -1,4 +1,5 @@
-"""White-box attacks on a real/fake detector: FGSM, PGD (L-inf) and Carlini-Wagner (L2).
+"""What robustness_analysis.py perturbs a detector's inputs with: white-box attacks (FGSM, PGD (L-inf) and
+Carlini-Wagner (L2)) and everyday distortions (JPEG, blur, noise, down-scaling: Corruption, at the end).
 
 Images, budgets and results are in pixel units on the [0, 1] scale (eps = 8/255 means 8 grey levels), although the
 detectors see normalised inputs: each attack wraps the model with the model's own normalisation (NormalizedModel, from
@@ -12,12 +13,16 @@ The model's train/eval mode and its parameters' requires_grad and .grad are left
 """
 from __future__ import annotations
 
+import io
+
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageFilter
 from torch import nn
 
 from common import DEFAULT_ALPHA, DEFAULT_EPS, DEFAULT_PGD_STEPS
-from utils import Normalization, frozen_eval, model_normalization, normalize
+from utils import Normalization, UserError, frozen_eval, model_normalization, normalize
 
 ATTACKS = ("fgsm", "pgd", "cw")
 
@@ -158,3 +163,39 @@ def attack_batch(
     if name == "cw":
         return cw_attack(model, images, labels, **kwargs)
     raise ValueError(f"unknown attack {name!r}; choose one of {', '.join(ATTACKS)}")
+
+
+# ---- everyday distortions, in pixel space (robustness_analysis.py --corruptions) -------------------------------------
+CORRUPTIONS: dict[str, tuple[float, ...]] = {
+    "jpeg": (95, 75, 50, 30, 10),  # JPEG quality
+    "blur": (0.5, 1, 2, 3),  # Gaussian blur sigma, pixels
+    "noise": (2, 5, 10, 20),  # Gaussian noise sigma, grey levels of 255
+    "resize": (0.75, 0.5, 0.25),  # down-scaling factor, then back up
+}
+
+
+class Corruption:
+    """One distortion at one severity, as a picklable PIL -> PIL callable (DataLoader workers copy it).
+
+    Noise is seeded from the image's own pixels, so every run and every worker adds the same noise to the same image.
+    """
+
+    def __init__(self, family: str, severity: float):
+        if family not in CORRUPTIONS:
+            raise UserError(f"unknown corruption {family!r}; choose from {', '.join(CORRUPTIONS)}")
+        self.family, self.severity = family, severity
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        if self.family == "jpeg":
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=int(self.severity))
+            return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+        if self.family == "blur":
+            return image.filter(ImageFilter.GaussianBlur(radius=self.severity))
+        if self.family == "noise":
+            pixels = np.asarray(image, dtype=np.float32)
+            rng = np.random.default_rng(int(pixels.sum()) % 2**32)
+            noisy = pixels + rng.normal(0, self.severity, pixels.shape)
+            return Image.fromarray(np.clip(np.round(noisy), 0, 255).astype(np.uint8))
+        small = (max(1, round(image.size[0] * self.severity)), max(1, round(image.size[1] * self.severity)))
+        return image.resize(small, Image.BICUBIC).resize(image.size, Image.BICUBIC)

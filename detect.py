@@ -36,7 +36,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 from tqdm import tqdm
 
-from analysis import compute_cams, overlay
+from analysis import compute_cams, eer_threshold_on, overlay
 from checkpoints import checkpoint_framing
 from common import IMAGE_EXTENSIONS
 from face_detection import (
@@ -51,7 +51,7 @@ from face_detection import (
     square_box,
 )
 from faces_dataset import DatasetError, FacesDataset, get_transforms, load_rgb
-from metrics import AGGREGATES, aggregate, equal_error_rate
+from metrics import AGGREGATES, aggregate
 from models import MODEL_NAMES, load_model_from_checkpoint, p_fake
 from utils import (
     UserError,
@@ -354,13 +354,10 @@ def threshold_arg(text: str) -> float | Path:
 
 def folder_threshold(folder: Path, scorer: Scorer) -> tuple[float, str]:
     """The EER threshold of the model on a folder of labelled face crops (real/, fake/), and how it was chosen."""
-    dataset = FacesDataset(folder)
-    scores = np.concatenate([scorer([dataset[i][0] for i in range(start, min(start + scorer.batch_size, len(dataset)))])
-                             for start in range(0, len(dataset), scorer.batch_size)])
-    labels = np.array(dataset.labels)
-    if len(np.unique(labels)) < 2:
-        raise UserError(f"--threshold val-eer:{folder}: it needs real and fake images, found only one class")
-    return equal_error_rate(labels, scores)[1], f"EER on {folder} ({len(labels)} crops)"
+    dataset = FacesDataset(folder, transform=scorer.transform)
+    threshold = eer_threshold_on(dataset, scorer.model, scorer.device, f"--threshold val-eer:{folder}",
+                                 scorer.batch_size, progress=False)
+    return threshold, f"EER on {folder} ({len(dataset)} crops)"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -3,14 +3,13 @@ the transforms (per-model normalisation, optional train-time augmentation) and s
 from __future__ import annotations
 
 import csv
-import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset, Subset
 from torchvision import transforms
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
@@ -350,39 +349,3 @@ def dataset_labels(dataset: Dataset) -> list[int]:
 def dataset_sources(dataset: Dataset) -> list[str] | None:
     """Source video of every sample of a CatalogDataset (or a Subset of one); None for folder datasets."""
     return _per_sample(dataset, "sources")
-
-
-# ---- everyday distortions, in pixel space (robustness_analysis.py --corruptions) ------------------------------------
-CORRUPTIONS: dict[str, tuple[float, ...]] = {
-    "jpeg": (95, 75, 50, 30, 10),  # JPEG quality
-    "blur": (0.5, 1, 2, 3),  # Gaussian blur sigma, pixels
-    "noise": (2, 5, 10, 20),  # Gaussian noise sigma, grey levels of 255
-    "resize": (0.75, 0.5, 0.25),  # down-scaling factor, then back up
-}
-
-
-class Corruption:
-    """One distortion at one severity, as a picklable PIL -> PIL callable (DataLoader workers copy it).
-
-    Noise is seeded from the image's own pixels, so every run and every worker adds the same noise to the same image.
-    """
-
-    def __init__(self, family: str, severity: float):
-        if family not in CORRUPTIONS:
-            raise UserError(f"unknown corruption {family!r}; choose from {', '.join(CORRUPTIONS)}")
-        self.family, self.severity = family, severity
-
-    def __call__(self, image: Image.Image) -> Image.Image:
-        if self.family == "jpeg":
-            buffer = io.BytesIO()
-            image.save(buffer, format="JPEG", quality=int(self.severity))
-            return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
-        if self.family == "blur":
-            return image.filter(ImageFilter.GaussianBlur(radius=self.severity))
-        if self.family == "noise":
-            pixels = np.asarray(image, dtype=np.float32)
-            rng = np.random.default_rng(int(pixels.sum()) % 2**32)
-            noisy = pixels + rng.normal(0, self.severity, pixels.shape)
-            return Image.fromarray(np.clip(np.round(noisy), 0, 255).astype(np.uint8))
-        small = (max(1, round(image.size[0] * self.severity)), max(1, round(image.size[1] * self.severity)))
-        return image.resize(small, Image.BICUBIC).resize(image.size, Image.BICUBIC)

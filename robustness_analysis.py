@@ -28,9 +28,9 @@ from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
 from analysis import add_analysis_args, get_soft_scores_and_true_labels, load_analysis_inputs
-from attacks import attack_batch, cw_attack
+from attacks import CORRUPTIONS, Corruption, attack_batch, cw_attack
 from common import DEFAULT_PGD_STEPS, ROBUSTNESS_EPSILONS, run_name
-from faces_dataset import CORRUPTIONS, Corruption, dataset_labels, load_dataset
+from faces_dataset import dataset_labels, load_dataset
 from metrics import safe_auc
 from models import MODEL_NAMES, p_fake
 from utils import (

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from attacks import Corruption
 from checkpoints import save_checkpoint
-from faces_dataset import Corruption
 
 
 def smooth(seed: int, size: int = 48) -> np.ndarray:

@@ -13,11 +13,11 @@ from PIL import Image
 from torch import nn
 
 import detect
-from attacks import pgd_attack
+from attacks import Corruption, pgd_attack
 from checkpoints import checkpoint_threshold, read_checkpoint
 from conftest import TinyNet, separable_toy_set
 from face_detection import FaceDetector, square_box
-from faces_dataset import Corruption, load_image
+from faces_dataset import load_image
 from metrics import (
     bootstrap_intervals,
     confident_strategy,

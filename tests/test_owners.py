@@ -152,3 +152,23 @@ def test_file_lock_waits_or_refuses_at_once(tmp_path):
         events.append("first out")
     thread.join(5)
     assert events == ["first out", "second in"]
+
+
+def test_one_eer_threshold_for_val_splits_and_the_users_folders(tmp_path):
+    from analysis import eer_threshold_on
+    from metrics import equal_error_rate
+
+    class Score(nn.Module):  # P(fake) = sigmoid(the image's mean), so the toy set below gets known scores
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            m = x.mean(dim=(1, 2, 3))
+            return torch.stack([torch.zeros_like(m), m], dim=1)
+
+    x = torch.tensor([-2.0, -1.0, 0.8, -0.3, 1.0, 3.0]).view(6, 1, 1, 1).expand(6, 3, 2, 2).contiguous()
+    y = torch.tensor([0, 0, 0, 1, 1, 1])
+    data = torch.utils.data.TensorDataset(x, y)
+    scores = torch.sigmoid(torch.tensor([-2.0, -1.0, 0.8, -0.3, 1.0, 3.0])).numpy()
+    assert eer_threshold_on(data, Score(), "cpu", "toy", progress=False) == pytest.approx(
+        equal_error_rate(y.numpy(), scores)[1])
+    one_class = torch.utils.data.TensorDataset(x, torch.zeros(6, dtype=torch.long))
+    with pytest.raises(UserError, match="^--threshold val-eer:mine holds one class only"):
+        eer_threshold_on(one_class, Score(), "cpu", "--threshold val-eer:mine", progress=False)

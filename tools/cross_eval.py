@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from analysis import get_soft_scores_and_true_labels  # noqa: E402
+from analysis import eer_threshold_on, get_soft_scores_and_true_labels  # noqa: E402
 from common import DATASETS, DEFAULT_SEED, FIGURES_DIR, OUT_DIR  # noqa: E402
 from faces_dataset import load_dataset  # noqa: E402
-from metrics import bootstrap_intervals, compute_metrics, equal_error_rate  # noqa: E402
+from metrics import bootstrap_intervals, compute_metrics  # noqa: E402
 from models import load_model_from_checkpoint  # noqa: E402
 from utils import (  # noqa: E402
     UserError,
@@ -76,10 +76,9 @@ def score_cell(labels: np.ndarray, scores: np.ndarray, threshold: float, n_resam
 def target_threshold(model, root: Path, dataset: str, args: argparse.Namespace, device) -> tuple[float, str]:
     """The model's EER threshold on the val split of the test set's own root and dataset."""
     val = load_dataset(dataset, "val", root, model.image_size, args.limit, model_normalization(model))
-    _, scores, labels = get_soft_scores_and_true_labels(val, model, args.batch_size, device, not args.no_progress)
-    if len(np.unique(labels)) < 2:
-        raise UserError(f"--threshold target-val: {root}/{dataset}/val holds one class only; its EER is undefined")
-    return equal_error_rate(labels, scores)[1], f"EER on {root.name}/{dataset}/val"
+    threshold = eer_threshold_on(val, model, device, f"--threshold target-val: {root}/{dataset}/val", args.batch_size,
+                                 not args.no_progress)
+    return threshold, f"EER on {root.name}/{dataset}/val"
 
 
 def table_line(r: dict) -> str:
