@@ -30,6 +30,7 @@ from utils import (
     positive_int,
     set_seed,
     to_display,
+    writable_dir,
 )
 
 
@@ -66,8 +67,10 @@ class AnalysisInputs:
 
 
 def load_analysis_inputs(args: argparse.Namespace) -> AnalysisInputs:
-    """Seed, device, the checkpoint's model and the test split it is scored on; a -m that contradicts the checkpoint,
-    or neither -d nor --catalog, is a UserError. `args` is only read."""
+    """Seed, device, the checkpoint's model and the test split it is scored on, once --figures-dir is known writable;
+    a -m that contradicts the checkpoint, or neither -d nor --catalog, is a UserError. `args` is only read."""
+    if getattr(args, "figures_dir", None) is not None:  # before minutes of loading and scoring, not after
+        writable_dir(args.figures_dir, "--figures-dir")
     catalog = getattr(args, "catalog", None)  # callers without add_analysis_args have no --catalog
     if catalog is None and args.dataset is None:
         raise UserError("pass -d DATASET (or --catalog CSV) to say which test split to evaluate")

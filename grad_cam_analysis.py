@@ -29,7 +29,6 @@ from utils import (
     positive_int,
     save_figure,
     to_display,
-    writable_dir,
 )
 
 
@@ -54,7 +53,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @cli_main
 def main(argv: list[str] | None = None) -> list:
     args = parse_args(argv)
-    writable_dir(args.figures_dir, "--figures-dir")
     inputs = load_analysis_inputs(args)
     model, test_dataset, device = inputs.model, inputs.dataset, inputs.device
     norm = model_normalization(model)

@@ -41,7 +41,6 @@ from utils import (
     new_figure,
     positive_int,
     save_figure,
-    writable_dir,
 )
 
 SCORE_GROUPS = {"A: real score (output 0)": 0, "B: fake score (output 1)": 1}
@@ -116,7 +115,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @cli_main
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    writable_dir(args.figures_dir, "--figures-dir")
     inputs = load_analysis_inputs(args)
     model, test_dataset, device = inputs.model, inputs.dataset, inputs.device
     real_scores, fake_scores, labels = get_soft_scores_and_true_labels(test_dataset, model, args.batch_size, device,

@@ -47,7 +47,6 @@ from utils import (
     read_json_list,
     sample_batch,
     save_figure,
-    writable_dir,
 )
 
 
@@ -241,7 +240,6 @@ def load_overlays(paths: list[Path]) -> list[dict]:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     overlays = load_overlays(args.overlay)
-    writable_dir(args.figures_dir, "--figures-dir")
     inputs = load_analysis_inputs(args)
     model, test_dataset, device = inputs.model, inputs.dataset, inputs.device
     # the resolved names (on a copy: the caller's args are left as they were)

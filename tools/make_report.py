@@ -641,22 +641,23 @@ def print_pdf(html_path: Path, pdf_path: Path) -> Path:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pdf", action="store_true", help="also print it to PDF beside the HTML (needs Chromium)")
+    p.add_argument("--output", type=Path, help="the HTML file (default: <out-dir>/report.html)")
     p.add_argument("--out-dir", type=Path, default=OUT_DIR, help="folder of the JSON logs (default: %(default)s)")
     p.add_argument("--figures-dir", type=Path, default=FIGURES_DIR, help="folder of the figures (default: %(default)s)")
-    p.add_argument("--output", type=Path, help="the HTML file (default: <out-dir>/report.html)")
-    p.add_argument("--pdf", action="store_true", help="also print it to PDF beside the HTML (needs Chromium)")
     return p.parse_args(argv)
 
 
 @cli_main
 def main(argv: list[str] | None = None) -> Path:
+    """Write the report (and with --pdf its PDF); returns the HTML file's path."""
     args = parse_args(argv)
+    output = args.output or args.out_dir / "report.html"
     if not args.out_dir.is_dir():
         raise UserError(f"--out-dir {args.out_dir} does not exist: run the pipeline first (./run_me.sh), or point "
                         "--out-dir and --figures-dir at a run's folders")
     if args.pdf:
         find_chromium()  # before the page is built, so a missing browser is said at once
-    output = args.output or args.out_dir / "report.html"
     page, gaps = build_report(args.out_dir, args.figures_dir, output.parent)
     atomic_write(output, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
     print(f"saved {output} ({len(page) / 1e6:.1f} MB, {len(gaps)} missing item(s))")
