@@ -288,17 +288,18 @@ def file_lock(path: str | Path, wait: bool = True) -> Iterator[Any]:
 def run_lock(path: str | Path, what: str, hint: str) -> Iterator[None]:
     """Hold the lock file `path` for a whole run, so a second run of the same name stops at once with one sentence
     (which process holds it, and `hint`) instead of overwriting the first one's files."""
-    try:
-        with file_lock(path, wait=False) as handle:
-            if handle is not None:
-                handle.seek(0)
-                handle.truncate()
-                handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
-                handle.flush()
-            yield
-    except BlockingIOError:
-        holder = Path(path).read_text().strip() or "another process"
-        raise UserError(f"{what} is already running ({holder}); {hint}") from None
+    with contextlib.ExitStack() as stack:
+        try:  # only taking the lock: an error of the same type inside the run is the run's own
+            handle = stack.enter_context(file_lock(path, wait=False))
+        except BlockingIOError:
+            holder = Path(path).read_text().strip() or "another process"
+            raise UserError(f"{what} is already running ({holder}); {hint}") from None
+        if handle is not None:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            handle.flush()
+        yield
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

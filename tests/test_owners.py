@@ -172,3 +172,15 @@ def test_one_eer_threshold_for_val_splits_and_the_users_folders(tmp_path):
     one_class = torch.utils.data.TensorDataset(x, torch.zeros(6, dtype=torch.long))
     with pytest.raises(UserError, match="^--threshold val-eer:mine holds one class only"):
         eer_threshold_on(one_class, Score(), "cpu", "--threshold val-eer:mine", progress=False)
+
+
+def test_run_lock_reports_only_a_held_lock_as_already_running(tmp_path):
+    from utils import run_lock
+
+    with pytest.raises(BlockingIOError, match="the run's own"):  # an error inside the run passes through as it is
+        with run_lock(tmp_path / "x.lock", "a run named x", "wait"):
+            raise BlockingIOError("the run's own")
+    with run_lock(tmp_path / "x.lock", "a run named x", "wait"):
+        with pytest.raises(UserError, match="a run named x is already running"):
+            with run_lock(tmp_path / "x.lock", "a run named x", "wait"):
+                pass

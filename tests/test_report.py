@@ -185,3 +185,9 @@ def test_pdf_is_printed_by_chromium(work, monkeypatch):
     pdf = work / "out" / "report.pdf"
     assert pdf.read_bytes().startswith(b"%PDF") and pdf.stat().st_size > 10_000
     assert not [p for p in os.listdir(work / "out") if p.endswith(".partial")]
+
+
+def test_detect_table_reads_the_csv_as_csv(work):
+    (work / "out" / "detect_fakes_dataset.csv").write_text('file,verdict,p_fake\n"beach, day 2.png",fake,0.91\n')
+    page, _ = build_report(work / "out", work / "figures", work / "out")
+    assert "<td>beach, day 2.png</td><td>fake</td><td>0.91</td>" in page  # a comma inside a quoted name is no column

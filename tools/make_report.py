@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import csv
 import html
 import io
 import json
@@ -31,7 +32,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import DATASETS, FIGURES_DIR, OUT_DIR, run_name  # noqa: E402
 from faces_dataset import is_demo_data  # noqa: E402
-from utils import UserError, atomic_write, cli_main  # noqa: E402
+from trainer import HISTORY_KEYS  # noqa: E402
+from utils import UserError, atomic_write, cli_main, parse_run_records  # noqa: E402
 
 OPTIMIZER = "Adam"  # run_me.sh trains every model with the assignment's optimizer
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -85,16 +87,18 @@ def read_json(path: Path) -> Any | None:
     """A JSON file's content, or None when it is absent or unreadable (the report then marks it missing)."""
     try:
         return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+    except (OSError, ValueError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return None
 
 
 def last_record(path: Path) -> dict | None:
-    """The last run record of a training log (the run the figures were drawn from), or None."""
-    records = read_json(path)
-    if not isinstance(records, list) or not records or not isinstance(records[-1], dict):
+    """The last run record of a training log (the run the figures were drawn from), or None when the log is absent
+    or is no log by the suite's one rule (utils.parse_run_records)."""
+    try:
+        records = parse_run_records(path.read_text())
+    except (OSError, ValueError):
         return None
-    return records[-1]
+    return records[-1] if records else None
 
 
 def lookup(data: Any, key: str) -> Any:
@@ -309,7 +313,7 @@ def log_summary(run: Run, dataset: str, model: str) -> str:
     record = last_record(path)
     if record is None:
         return missing(run, f"training log {path.name}", train_command(dataset, model, 5))
-    keys = ", ".join(k for k in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc") if k in record)
+    keys = ", ".join(k for k in HISTORY_KEYS if k in record)
     return (f"<code>{html.escape(run.ref(path))}</code> holds one record per run (this is run "
             f"{html.escape(str(record.get('run_id', '?')))}); each of {html.escape(keys)} has one value per epoch "
             f"({len(record['val_acc'])} epochs), beside the optimizer's settings and the run's configuration.")
@@ -540,7 +544,7 @@ def detect_chapter(run: Run) -> str:
         if not path.is_file():
             continue
         found = True
-        lines = [line.split(",") for line in path.read_text().splitlines() if line.strip()]
+        lines = [row for row in csv.reader(path.read_text().splitlines()) if row]
         if lines:
             parts.append(f"<h3>{html.escape(dataset)} test images</h3>")
             parts.append(table(lines[0], [[html.escape(c) for c in row] for row in lines[1:]]))
