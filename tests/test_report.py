@@ -191,3 +191,21 @@ def test_detect_table_reads_the_csv_as_csv(work):
     (work / "out" / "detect_fakes_dataset.csv").write_text('file,verdict,p_fake\n"beach, day 2.png",fake,0.91\n')
     page, _ = build_report(work / "out", work / "figures", work / "out")
     assert "<td>beach, day 2.png</td><td>fake</td><td>0.91</td>" in page  # a comma inside a quoted name is no column
+
+
+def test_a_file_of_the_users_is_never_written_over(work, tmp_path):
+    notes = tmp_path / "notes.html"
+    notes.write_text("my notes")
+    with pytest.raises(SystemExit) as stop:
+        make_report.main(["--out-dir", str(work / "out"), "--figures-dir", str(work / "figures"), "--output", str(notes)])
+    assert stop.value.code == 2 and notes.read_text() == "my notes"
+    mine = tmp_path / "mine.html"
+    (tmp_path / "mine.pdf").write_bytes(b"my pdf")
+    with pytest.raises(SystemExit):
+        make_report.main(["--out-dir", str(work / "out"), "--figures-dir", str(work / "figures"), "--output", str(mine),
+                          "--pdf"])
+    assert (tmp_path / "mine.pdf").read_bytes() == b"my pdf" and not mine.exists()
+    # its own report it writes again
+    for _ in range(2):
+        make_report.main(["--out-dir", str(work / "out"), "--figures-dir", str(work / "figures"), "--output", str(mine)])
+    assert make_report.GENERATOR in mine.read_text()

@@ -37,6 +37,7 @@ from utils import UserError, atomic_write, cli_main, parse_run_records  # noqa: 
 
 OPTIMIZER = "Adam"  # run_me.sh trains every model with the assignment's optimizer
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+GENERATOR = "fmd tools/make_report.py"  # marks the pages this tool wrote: only those it writes over
 
 CSS = """
 body { font: 16px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 60rem; margin: 0 auto;
@@ -602,7 +603,7 @@ def build_report(out_dir: Path, figures_dir: Path, report_dir: Path) -> tuple[st
     where = ", ".join(f"<a href='#{a}'>{titles[a]}</a>" for a in run.chapters_with_gaps)
     gaps = (f"<p class='missing'>{len(run.missing)} item(s) missing, marked like this below, in: {where}.</p>"
             if run.missing else "<p class='note'>Every step's output is present.</p>")
-    page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><meta name='generator' content='{GENERATOR}'>"
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<title>Run report</title><style>{CSS}</style></head><body>{body[0]}{gaps}<nav><ol>{contents}</ol></nav>"
             + "\n".join(body[1:]) + "</body></html>\n")
@@ -643,6 +644,26 @@ def print_pdf(html_path: Path, pdf_path: Path) -> Path:
     return pdf_path
 
 
+def written_by_us(path: Path) -> bool:
+    """Whether `path` is absent or a report this tool wrote (the only files it may write over)."""
+    if not path.exists():
+        return True
+    try:
+        return path.is_file() and GENERATOR in path.read_text(encoding="utf-8", errors="ignore")[:1000]
+    except OSError:
+        return False
+
+
+def check_outputs(html_path: Path, pdf: bool) -> None:
+    """Refuse, before any work, to write over a file of the user's: an HTML file this tool did not write, or a PDF
+    beside an HTML file that is not (yet) one of its reports."""
+    if not written_by_us(html_path):
+        raise UserError(f"{html_path} exists and is not a report of this suite; pass another --output (nothing was written)")
+    if pdf and html_path.with_suffix(".pdf").exists() and not html_path.exists():
+        raise UserError(f"{html_path.with_suffix('.pdf')} exists and is not this report's PDF; pass another --output "
+                        "(nothing was written)")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pdf", action="store_true", help="also print it to PDF beside the HTML (needs Chromium)")
@@ -660,6 +681,7 @@ def main(argv: list[str] | None = None) -> Path:
     if not args.out_dir.is_dir():
         raise UserError(f"--out-dir {args.out_dir} does not exist: run the pipeline first (./run_me.sh), or point "
                         "--out-dir and --figures-dir at a run's folders")
+    check_outputs(output, args.pdf)
     if args.pdf:
         find_chromium()  # before the page is built, so a missing browser is said at once
     page, gaps = build_report(args.out_dir, args.figures_dir, output.parent)
