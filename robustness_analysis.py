@@ -37,6 +37,7 @@ from utils import (
     UserError,
     atomic_write_json,
     cli_main,
+    comma_choices,
     denormalize,
     make_loader,
     model_normalization,
@@ -122,15 +123,6 @@ def plot_curves(result: dict, overlays: list[dict], title: str, path: Path) -> P
     return save_figure(fig, path)
 
 
-def corruption_list(text: str) -> list[str]:
-    """--corruptions: a comma-separated subset of the families."""
-    families = [f.strip() for f in text.split(",") if f.strip()]
-    unknown = [f for f in families if f not in CORRUPTIONS]
-    if unknown or not families:
-        raise argparse.ArgumentTypeError(f"choose from {','.join(CORRUPTIONS)}, got {text}")
-    return families
-
-
 def evaluate_corruptions(model: nn.Module, args: argparse.Namespace, device: torch.device) -> dict[str, list[dict]]:
     """AUC and accuracy at 0.5 per family and severity, each distortion applied before the model's transform."""
     results = {}
@@ -204,7 +196,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_analysis_args(p, MODEL_NAMES)
     p.add_argument("--attacks", nargs="+", choices=("fgsm", "pgd", "none"), default=["fgsm", "pgd"],
                    help="attacks per budget ('none' skips them, e.g. with --corruptions)")
-    p.add_argument("--corruptions", type=corruption_list, default=[], metavar="jpeg,blur,noise,resize",
+    p.add_argument("--corruptions", type=comma_choices(CORRUPTIONS), default=[], metavar="jpeg,blur,noise,resize",
                    help="everyday distortions to score the test split under (default: none)")
     p.add_argument("--epsilons", nargs="+", type=float, default=[e * 255 for e in ROBUSTNESS_EPSILONS],
                    help="L-inf budgets in grey levels of 255 (default: 0 1 2 4 8)")

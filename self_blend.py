@@ -102,11 +102,12 @@ def elastic(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return cv2.remap(mask, grid_x + dx, grid_y + dy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
 
 
-def blend_mask(points: np.ndarray, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """A soft mask in [0, 1] from the landmarks: hull variant, jitter, elastic deformation, erosion or dilation and a
-    blur of random size, times a blend ratio (the mask's maximum)."""
+def blend_mask(points: np.ndarray, shape: tuple[int, int], rng: np.random.Generator,
+               regions: tuple[str, ...] = tuple(HULLS)) -> np.ndarray:
+    """A soft mask in [0, 1] from the landmarks: hull variant (one of `regions`, names in HULLS), jitter, elastic
+    deformation, erosion or dilation and a blur of random size, times a blend ratio (the mask's maximum)."""
     h, w = shape
-    variant = list(HULLS)[rng.integers(len(HULLS))]
+    variant = regions[rng.integers(len(regions))]
     jittered = points[HULLS[variant]] + rng.normal(0, 0.01 * max(h, w), (len(HULLS[variant]), 2))
     mask = elastic(hull_mask(jittered, shape), rng)
     k = int(rng.integers(1, max(2, round(0.06 * max(h, w)))))
@@ -125,11 +126,11 @@ def blend(source: np.ndarray, target: np.ndarray, mask: np.ndarray) -> np.ndarra
     return np.clip(np.round(m * source.astype(np.float32) + (1 - m) * target.astype(np.float32)), 0, 255).astype(np.uint8)
 
 
-def self_blend(image: np.ndarray, points: np.ndarray, rng: np.random.Generator,
-               alter_source: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+def self_blend(image: np.ndarray, points: np.ndarray, rng: np.random.Generator, alter_source: bool | None = None,
+               regions: tuple[str, ...] = tuple(HULLS)) -> tuple[np.ndarray, np.ndarray]:
     """(blended image, mask) of a uint8 RGB face and its 68 landmarks: source and target are the face itself, one of
     them altered (the source when alter_source, by default at random), the source shifted and scaled, blended through
-    blend_mask."""
+    blend_mask over one of `regions`."""
     source, target = image.copy(), image.copy()
     if alter_source is None:
         alter_source = bool(rng.random() < 0.5)
@@ -138,7 +139,7 @@ def self_blend(image: np.ndarray, points: np.ndarray, rng: np.random.Generator,
     else:
         target = alter(target, rng)
     source = shift_and_scale(source, rng)
-    mask = blend_mask(points, image.shape[:2], rng)
+    mask = blend_mask(points, image.shape[:2], rng, regions)
     return blend(source, target, mask), mask
 
 
@@ -186,8 +187,9 @@ class SelfBlendPairs(Dataset):
     images_per_item = 2  # the Trainer loads -b / 2 items per batch and flattens them with `collate`
     collate = staticmethod(flatten_pairs)
 
-    def __init__(self, paths: list[Path], points: dict[Path, np.ndarray], to_tensor: Callable[[Image.Image], torch.Tensor]):
-        self.paths, self.points, self.to_tensor = paths, points, to_tensor
+    def __init__(self, paths: list[Path], points: dict[Path, np.ndarray], to_tensor: Callable[[Image.Image], torch.Tensor],
+                 regions: tuple[str, ...] = tuple(HULLS)):
+        self.paths, self.points, self.to_tensor, self.regions = paths, points, to_tensor, regions
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -195,7 +197,7 @@ class SelfBlendPairs(Dataset):
     def pair(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(real, blended, mask) before the shared post-augmentation."""
         real = np.asarray(load_rgb(self.paths[index]))
-        fake, mask = self_blend(real, self.points[self.paths[index]], rng)
+        fake, mask = self_blend(real, self.points[self.paths[index]], rng, regions=self.regions)
         return real, fake, mask
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -234,8 +236,8 @@ class SelfBlendEvaluation(Dataset):
     (seed, i), the same every epoch and run (validation of a model that must never see a dataset fake)."""
 
     def __init__(self, paths: list[Path], points: dict[Path, np.ndarray], transform: Callable[[Image.Image], torch.Tensor],
-                 seed: int = 0):
-        self.pairs = SelfBlendPairs(paths, points, transform)
+                 seed: int = 0, regions: tuple[str, ...] = tuple(HULLS)):
+        self.pairs = SelfBlendPairs(paths, points, transform, regions)
         self.transform, self.seed = transform, seed
 
     @property

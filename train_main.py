@@ -12,7 +12,7 @@
 Writes out/<dataset>_<model>_<opt>.json (one record appended per run) and checkpoints/<dataset>_<model>_<opt>.pt
 (best validation epoch, by --select-by) plus ..._last.pt (for --resume). `-m Bonus` also publishes checkpoints/bonus.pt.
 Adversarially trained runs add the suffix _advfgsm / _advpgd to those names, self-blended ones _selfblend or
-_selfblend+dataset, so they never take the plain run's names; an earlier run's checkpoints of the same name are moved
+_selfblend+dataset (and -<regions> with --blend-regions), so they never take the plain run's names; an earlier run's checkpoints of the same name are moved
 to checkpoints/previous/<name>__<its run id>.pt, and a run whose name is running already stops at once;
 --catalog runs are named after the catalog's folder. Every flag is checked before any image is read.
 """
@@ -69,12 +69,13 @@ from faces_dataset import (
 )
 from landmarks import folder_landmarks
 from models import MODEL_NAMES, MODEL_SPECS, PRETRAINED_MODELS, build_model, load_model_from_checkpoint
-from self_blend import FAKE_MODES, FakePairs, PairConcat, SelfBlendEvaluation, SelfBlendPairs
+from self_blend import FAKE_MODES, HULLS, FakePairs, PairConcat, SelfBlendEvaluation, SelfBlendPairs
 from trainer import AdversarialConfig, LoggingParameters, Schedule, Trainer, TrainerConfig, optimizer_params_for_log
 from utils import (
     Normalization,
     UserError,
     cli_main,
+    comma_choices,
     get_device,
     get_nof_params,
     non_negative_float,
@@ -115,6 +116,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "self-blends of the val split's real faces, so no dataset fake is ever seen), or both (default: %(default)s)")
     p.add_argument("--real-faces", type=Path, help="with --fakes self-blend/both: a folder of real faces to self-blend "
                    "instead of the train split's real/ (searched recursively)")
+    p.add_argument("--blend-regions", type=comma_choices(HULLS), default=list(HULLS), metavar=",".join(HULLS),
+                   help="with --fakes self-blend/both: the landmark hulls a self-blend's mask is drawn from (default: all; "
+                   "inner,eyes-nose-mouth keep the blend's boundary inside crops tighter than the face)")
     p.add_argument("--balance", choices=BALANCE, default="none",
                    help="imbalanced classes: loss weights or a balanced sampler for the train split (default: none)")
     p.add_argument("--data-root", type=Path, default=DATA_ROOT, help="folder holding the datasets (default: %(default)s)")
@@ -166,6 +170,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--balance does not apply to --fakes {args.fakes} (its batches hold real/fake pairs)")
     if args.real_faces is not None and args.fakes == "dataset":
         p.error("--real-faces is for --fakes self-blend or both")
+    if args.blend_regions != list(HULLS) and args.fakes == "dataset":
+        p.error("--blend-regions is for --fakes self-blend or both")
     if args.real_faces is not None and not args.real_faces.is_dir():
         p.error(f"--real-faces {args.real_faces} is not a folder")
     if args.image_size is None:
@@ -239,13 +245,15 @@ def load_splits(args: argparse.Namespace, norm: Normalization) -> tuple:
     if not reals:
         raise UserError(f"no real face to self-blend in {args.real_faces or 'the train split'}")
     points = folder_landmarks(reals, progress=not args.no_progress)
-    train: Dataset = SelfBlendPairs(reals, points, plain)
+    regions = tuple(args.blend_regions)
+    train: Dataset = SelfBlendPairs(reals, points, plain, regions)
     if args.fakes == "both":
         fakes = split_paths(splits[0], 1)
         train = PairConcat([train, FakePairs(fakes, get_transforms(True, args.image_size, norm, args.augment))])
         return train, splits[1], splits[2]
     val_reals = evenly_spaced(split_paths(splits[1], 0), limit)
-    val = SelfBlendEvaluation(val_reals, folder_landmarks(val_reals, progress=not args.no_progress), plain, args.seed)
+    val = SelfBlendEvaluation(val_reals, folder_landmarks(val_reals, progress=not args.no_progress), plain, args.seed,
+                              regions)
     return train, val, splits[2]
 
 
@@ -265,9 +273,12 @@ FAKE_TAGS = {"dataset": "", "self-blend": "selfblend", "both": "selfblend+datase
 
 
 def run_tag(args: argparse.Namespace) -> str:
-    """The suffix of the run's file names for training variants (e.g. selfblend, advpgd, selfblend_advpgd), so a
-    variant never takes the plain run's names."""
-    return "_".join(t for t in (FAKE_TAGS[args.fakes], f"adv{args.adv}" if args.adv != "none" else "") if t)
+    """The suffix of the run's file names for training variants (e.g. selfblend, selfblend-inner for --blend-regions
+    inner, advpgd, selfblend_advpgd), so a variant never takes the plain run's names."""
+    fakes = FAKE_TAGS[args.fakes]
+    if fakes and args.blend_regions != list(HULLS):
+        fakes += "-" + "+".join(args.blend_regions)
+    return "_".join(t for t in (fakes, f"adv{args.adv}" if args.adv != "none" else "") if t)
 
 
 def class_counts(dataset: Dataset) -> list[int] | None:

@@ -94,8 +94,8 @@ def lr_factor(epoch: int, total_epochs: int, schedule: Schedule) -> float:
 
 
 # settings a resumed run must share with the run it continues: they change its data, its batches or its validation
-RESUME_FIXED = ("batch_size", "limit", "augment", "seed", "select_by", "balance", "fakes", "real_faces", "data_root",
-                "catalog", "adv", "eps", "steps", "adv_ratio", "freeze_backbone", "backbone_lr_scale")
+RESUME_FIXED = ("batch_size", "limit", "augment", "seed", "select_by", "balance", "fakes", "real_faces", "blend_regions",
+                "data_root", "catalog", "adv", "eps", "steps", "adv_ratio", "freeze_backbone", "backbone_lr_scale")
 
 
 def changed_settings(saved: dict, now: dict) -> str:

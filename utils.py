@@ -13,7 +13,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,6 +180,19 @@ def probability(text: str) -> float:
     if not 0 <= value <= 1:  # False for nan too
         raise argparse.ArgumentTypeError(f"must be a probability between 0 and 1, got {text}")
     return value
+
+
+def comma_choices(choices: Iterable[str]) -> Callable[[str], list[str]]:
+    """argparse type: a comma-separated, non-empty subset of `choices`, in the order given, without repeats."""
+    allowed = list(choices)
+
+    def parse(text: str) -> list[str]:
+        names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+        if not names or any(n not in allowed for n in names):
+            raise argparse.ArgumentTypeError(f"choose from {','.join(allowed)}, got {text}")
+        return names
+
+    return parse
 
 
 def writable_dir(path: str | Path, what: str) -> Path:

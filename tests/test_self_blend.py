@@ -119,6 +119,19 @@ def test_the_alteration_always_moves_colour_or_sharpness_and_makes_faces_both_so
     assert {"softer", "sharper"} <= kinds, kinds
 
 
+def test_blend_regions_limit_where_the_mask_can_reach():
+    face, points = toy_face(np.random.default_rng(4), 64)
+    jaw_ends = [tuple(np.round(points[k]).astype(int)) for k in (0, 16)]  # the jaw's ends, level with the face centre
+
+    def reach(regions: tuple[str, ...]) -> float:
+        masks = [self_blend.blend_mask(points, face.shape[:2], np.random.default_rng(s), regions) for s in range(12)]
+        assert all(m.max() > 0 for m in masks)
+        return max(float(m[y, x]) for m in masks for x, y in jaw_ends)
+
+    assert reach(("eyes-nose-mouth",)) == 0 and reach(("inner", "eyes-nose-mouth")) == 0
+    assert reach(("face",)) > 0.2 and reach(tuple(self_blend.HULLS)) > 0.2
+
+
 def to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1) / 255
 
@@ -195,6 +208,15 @@ def test_train_main_self_blend_run_is_named_apart_validated_on_blends_and_logged
     assert len(list((tmp_path / "cache").iterdir())) == 2  # train/real and val/real, outside the data folder
     both = train_main.main(argv + ["--fakes", "both"])
     assert both["tag"] == "selfblend+dataset"
+    drawn = []
+    monkeypatch.setattr(self_blend, "blend_mask", lambda points, shape, rng, regions: drawn.append(regions) or
+                        np.zeros(shape, np.float32))
+    inner = train_main.main(argv + ["--fakes", "self-blend", "--blend-regions", "inner,eyes-nose-mouth"])
+    assert inner["tag"] == "selfblend-inner+eyes-nose-mouth" and inner["config"]["blend_regions"] == ["inner", "eyes-nose-mouth"]
+    assert drawn and set(drawn) == {("inner", "eyes-nose-mouth")}  # training pairs and validation blends alike
+    assert (tmp_path / "fakes_dataset_Bonus_Adam_selfblend.pt").is_file()  # the all-regions run keeps its own files
+    with pytest.raises(SystemExit):
+        train_main.parse_args(argv + ["--blend-regions", "inner"])  # only for self-blends
     for refused in (["--balance", "weights"], ["--random-crop", "48"]):
         with pytest.raises(SystemExit):
             train_main.parse_args(argv + ["--fakes", "self-blend", *refused])

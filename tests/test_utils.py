@@ -10,6 +10,7 @@ from faces_dataset import dataset_labels, evenly_spaced_subset
 from utils import (
     UserError,
     atomic_write_json,
+    comma_choices,
     denormalize,
     frozen_eval,
     get_device,
@@ -82,3 +83,14 @@ def test_frozen_eval_restores_mode_and_flags():
     with frozen_eval(model):
         assert not model.training and not any(p.requires_grad for p in model.parameters())
     assert model.training and model[0].weight.requires_grad and not model[0].bias.requires_grad
+
+
+def test_comma_choices_keeps_the_given_order_drops_repeats_and_refuses_unknown_or_empty_lists():
+    import argparse
+
+    parse = comma_choices(("jpeg", "blur", "noise"))
+    assert parse("noise, jpeg,noise,") == ["noise", "jpeg"]
+    assert parse("blur") == ["blur"]
+    for bad in ("", " , ", "jpeg,Blur", "jpg"):
+        with pytest.raises(argparse.ArgumentTypeError, match="choose from jpeg,blur,noise"):
+            parse(bad)
