@@ -348,6 +348,29 @@ def parse_run_records(text: str) -> list[dict]:
     return data
 
 
+def last_record(path: Path) -> dict | None:
+    """The last run record of a training log (the run its figures were drawn from), or None when the log is absent
+    or is no log by the one rule above (readers that list what a work dir holds skip such files)."""
+    try:
+        records = parse_run_records(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return records[-1] if records else None
+
+
+def read_step_times(path: Path) -> list[tuple[str, float]]:
+    """(step, seconds) of each 'step<TAB>seconds' line run_me.sh appends to run_me_times.tsv, in order; other
+    lines (a blank one, a half-written last one) are skipped."""
+    steps = []
+    for line in path.read_text().splitlines():
+        name, _, seconds = line.rpartition("\t")
+        try:
+            steps.append((name, float(seconds)))
+        except ValueError:
+            continue
+    return [(name, s) for name, s in steps if name]
+
+
 def read_json_list(path: str | Path) -> list[dict]:
     """Read a JSON log (a list of run records), with a clear error when it is missing or corrupt."""
     path = resolve_input_path(path)

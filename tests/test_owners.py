@@ -131,6 +131,28 @@ def test_a_log_is_judged_by_one_policy_for_readers_and_the_trainer(tmp_path):
             path.unlink()
 
 
+def test_the_summary_and_the_report_read_logs_and_step_times_by_one_rule(tmp_path):
+    import json
+
+    import make_report
+    from summarize_run import summary_markdown
+
+    out = tmp_path / "out"
+    out.mkdir()
+    record = {"model": "SimpleNet", "dataset": "fakes_dataset", "val_acc": [60.0], "best_val_acc": 60.0,
+              "test_acc_at_best_val": 58.0, "epoch_time_s": [7.0], "config": {"n_params": 5}, "tag": ""}
+    (out / "fakes_dataset_SimpleNet_Adam.json").write_text(json.dumps([record]))
+    (out / "fakes_dataset_Bonus_Adam.json").write_text("[1, 2]")  # JSON, but no log: skipped by both
+    (out / "cross_eval.json").write_text('[{"checkpoint": "a.pt"}]')  # records, but of no training run
+    (out / "run_me_times.tsv").write_text("train\t22\n\n40\nplot (did not succeed)\t3\nhalf-writ")
+    summary = summary_markdown(out, tmp_path, out / "run_me_times.tsv")
+    assert "| SimpleNet | fakes_dataset | 1 |" in summary and "Bonus" not in summary
+    assert "| plot (did not succeed) | 3 |" in summary and "| **total** | **25** |" in summary and "half" not in summary
+    assert "|  | 40 |" not in summary
+    page = make_report.times_chapter(make_report.Run(out, tmp_path, tmp_path))
+    assert "<td>plot (did not succeed)</td><td>3</td>" in page and "<b>25</b>" in page and "half" not in page
+
+
 def test_file_lock_waits_or_refuses_at_once(tmp_path):
     import threading
     import time

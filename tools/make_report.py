@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import DATASETS, FIGURES_DIR, OUT_DIR, run_name  # noqa: E402
 from faces_dataset import is_demo_data  # noqa: E402
 from trainer import HISTORY_KEYS  # noqa: E402
-from utils import UserError, atomic_write, cli_main, parse_run_records  # noqa: E402
+from utils import UserError, atomic_write, cli_main, last_record, read_step_times  # noqa: E402
 
 OPTIMIZER = "Adam"  # run_me.sh trains every model with the assignment's optimizer
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -90,16 +90,6 @@ def read_json(path: Path) -> Any | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return None
-
-
-def last_record(path: Path) -> dict | None:
-    """The last run record of a training log (the run the figures were drawn from), or None when the log is absent
-    or is no log by the suite's one rule (utils.parse_run_records)."""
-    try:
-        records = parse_run_records(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return records[-1] if records else None
 
 
 def lookup(data: Any, key: str) -> Any:
@@ -562,9 +552,9 @@ def times_chapter(run: Run) -> str:
     path = run.out_dir / "run_me_times.tsv"
     if not path.is_file():
         return "<h2 id='times'>Wall time per step</h2><p class='note'>No run_me_times.tsv (not run by run_me.sh).</p>"
-    steps = [line.split("\t") for line in path.read_text().splitlines() if "\t" in line]
-    total = sum(float(s) for _, s in steps)
-    rows = [[html.escape(name), f"{float(s):.0f}"] for name, s in steps] + [["<b>total</b>", f"<b>{total:.0f}</b>"]]
+    steps = read_step_times(path)
+    total = sum(s for _, s in steps)
+    rows = [[html.escape(name), f"{s:.0f}"] for name, s in steps] + [["<b>total</b>", f"<b>{total:.0f}</b>"]]
     return "<h2 id='times'>Wall time per step</h2>" + table(["step", "seconds"], rows)
 
 

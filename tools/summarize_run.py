@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import FIGURES_DIR, OUT_DIR, run_name  # noqa: E402
 from models import PRETRAINED_MODELS  # noqa: E402
+from utils import last_record, read_step_times  # noqa: E402
 
 
 def _fmt(value, spec: str = ".2f") -> str:
@@ -26,13 +27,9 @@ def training_rows(out_dir: Path, figures_dir: Path) -> list[dict]:
     """The last run record of every JSON log, with AUC from the analysis JSONs when they exist."""
     rows = []
     for log in sorted(out_dir.glob("*.json")):
-        try:
-            records = json.loads(log.read_text())
-        except json.JSONDecodeError:
+        r = last_record(log)
+        if r is None or "val_acc" not in r:
             continue
-        if not isinstance(records, list) or not records or "val_acc" not in records[-1]:
-            continue
-        r = records[-1]
         tag = r.get("tag", "")
         metrics = figures_dir / f"{run_name(r['dataset'], r['model'])}_metrics.json"
         robust = figures_dir / f"{run_name(r['dataset'], r['model'], tag=tag)}_robustness.json"
@@ -81,10 +78,10 @@ def summary_markdown(out_dir: Path, figures_dir: Path, times: Path | None) -> st
                      f"{_fmt(r['auc'], '.4f')} | {params} | {r['train_s']:.0f} |")
     lines += robustness_rows(figures_dir)
     if times is not None and times.is_file():
-        steps = [line.split("\t") for line in times.read_text().splitlines() if line.strip()]
-        total = sum(float(s) for _, s in steps)
+        steps = read_step_times(times)
+        total = sum(s for _, s in steps)
         lines += ["", "## Wall time per step", "", "| step | seconds |", "|---|---|"]
-        lines += [f"| {name} | {float(s):.0f} |" for name, s in steps] + [f"| **total** | **{total:.0f}** |"]
+        lines += [f"| {name} | {s:.0f} |" for name, s in steps] + [f"| **total** | **{total:.0f}** |"]
     return "\n".join(lines) + "\n"
 
 
