@@ -310,6 +310,12 @@ class TrainerConfig:
     tensorboard_dir: str | Path | None = None
     """also log the per-epoch numbers as TensorBoard scalars there"""
 
+    def __post_init__(self) -> None:
+        """Folders as Paths, whatever a caller passed."""
+        self.out_dir, self.checkpoint_dir = Path(self.out_dir), Path(self.checkpoint_dir)
+        if self.tensorboard_dir is not None:
+            self.tensorboard_dir = Path(self.tensorboard_dir)
+
 
 class Trainer:
     """Train, validate and test a model (the assignment's API), with logging, checkpoints and the extras its
@@ -333,31 +339,18 @@ class Trainer:
         config = config if config is not None else TrainerConfig(**settings)
         self.config = config
         self.device = torch.device(config.device)
-        self.world = config.world
         self.module = model.to(self.device)  # the bare model: evaluation, attacks and checkpoints use it
         self.model: nn.Module = self.module  # what the training step calls: the DDP wrapper when distributed
-        if self.world.distributed:
+        if config.world.distributed:
             self.model = DistributedDataParallel(self.module, device_ids=[self.device] if self.device.type == "cuda" else None)
-        self.tensorboard_dir = Path(config.tensorboard_dir) if config.tensorboard_dir is not None else None
         self.optimizer = optimizer
         self.criterion = criterion
         self.batch_size = batch_size
         self.train_dataset = train_dataset
         self.validation_dataset = validation_dataset
         self.test_dataset = test_dataset
-        self.num_workers = config.num_workers
-        self.seed = config.seed
-        self.out_dir = Path(config.out_dir)
-        self.checkpoint_dir = Path(config.checkpoint_dir)
-        self.amp = config.amp and self.device.type == "cuda"
+        self.amp = config.amp and self.device.type == "cuda"  # mixed precision in effect (CUDA only)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.adversarial = config.adversarial or AdversarialConfig()
-        self.progress = config.progress
-        self.model_kwargs = config.model_kwargs or {}
-        self.run_config = config.run_config or {}
-        self.schedule = config.schedule or Schedule()
-        self.select_by = config.select_by
-        self.balanced_sampler = config.balanced_sampler
         self.norm = model_normalization(model)
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
         self.epoch = 0  # epochs completed
@@ -374,33 +367,33 @@ class Trainer:
         key = id(dataset)
         if key not in self._loaders:
             if not shuffle:  # each rank scores samples rank, rank + size, ... (all of them when not distributed)
-                order = ShardSampler(SequentialSampler(dataset), self.world, pad=False)  # type: ignore[arg-type]
-                self._loaders[key] = make_loader(dataset, self.batch_size, False, self.device, self.num_workers,
+                order = ShardSampler(SequentialSampler(dataset), self.config.world, pad=False)  # type: ignore[arg-type]
+                self._loaders[key] = make_loader(dataset, self.batch_size, False, self.device, self.config.num_workers,
                                                  sampler=order)
                 return self._loaders[key]
-            if self.balanced_sampler:
+            if self.config.balanced_sampler:
                 weights = class_balance_weights(dataset_labels(dataset))
                 order: Sampler = WeightedRandomSampler(weights, len(weights), replacement=True, generator=self._shuffle)
             else:
                 order = RandomSampler(dataset, generator=self._shuffle)  # type: ignore[arg-type]
-            sampler = ShardSampler(SeededSampler(order, self._shuffle), self.world)
+            sampler = ShardSampler(SeededSampler(order, self._shuffle), self.config.world)
             per_item = getattr(dataset, "images_per_item", 1)  # pair datasets (self_blend.py): 2 images an item
             items = max(1, self.batch_size // per_item)
             drop_last = per_item == 1 and len(sampler) % items == 1 and len(sampler) > 1
             # the loader's own generator only seeds its workers, which no longer matters: every sample carries its seed;
             # it must not be the epoch's, which a single-process loader would draw from once more per epoch
-            self._loaders[key] = make_loader(SeededDataset(dataset), items, True, self.device, self.num_workers,
+            self._loaders[key] = make_loader(SeededDataset(dataset), items, True, self.device, self.config.num_workers,
                                              torch.Generator(), sampler, drop_last, getattr(dataset, "collate", None))
         return self._loaders[key]
 
     def _bar(self, loader: DataLoader, desc: str) -> Any:
-        return tqdm(loader, desc=desc, leave=False, disable=not (self.progress and self.world.main), unit="batch",
+        return tqdm(loader, desc=desc, leave=False, disable=not (self.config.progress and self.config.world.main), unit="batch",
                     dynamic_ncols=True)
 
     # ---- one epoch --------------------------------------------------------------------------------------------
     def _adversarial_rows(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Replace the first ceil(ratio*B) rows of a normalised batch by adversarial examples; returns (batch, n_adv)."""
-        cfg = self.adversarial
+        cfg = self.config.adversarial
         n_adv = math.ceil(cfg.ratio * len(labels))
         x01 = denormalize(inputs[:n_adv], self.norm)
         adv = attack_batch(cfg.method, self.module, x01, labels[:n_adv], eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps,
@@ -419,15 +412,15 @@ class Trainer:
 
     def _set_lr(self) -> None:
         """This epoch's learning rate: each group's base lr times the schedule's factor."""
-        factor = lr_factor(self.epoch, max(self.total_epochs, self.epoch + 1), self.schedule)
+        factor = lr_factor(self.epoch, max(self.total_epochs, self.epoch + 1), self.config.schedule)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * factor
 
     def train_one_epoch(self) -> tuple[float, float]:
         """Train for one epoch; returns (average loss over samples, accuracy in percent)."""
         self._train_mode()
-        set_seed(self.seed + self.epoch)  # dropout, augmentation and attacks draw the same numbers after --resume
-        self._shuffle.manual_seed(self.seed + self.epoch)  # the same shuffle (and worker seeds) per epoch
+        set_seed(self.config.seed + self.epoch)  # dropout, augmentation and attacks draw the same numbers after --resume
+        self._shuffle.manual_seed(self.config.seed + self.epoch)  # the same shuffle (and worker seeds) per epoch
         self._set_lr()
         total, clean, adv = MetricAccumulator(), MetricAccumulator(), MetricAccumulator()
         bar = self._bar(self._loader(self.train_dataset, shuffle=True), f"epoch {self.epoch + 1} train")
@@ -435,7 +428,7 @@ class Trainer:
             inputs = inputs.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             n_adv = 0
-            if self.adversarial.enabled:
+            if self.config.adversarial.enabled:
                 inputs, n_adv = self._adversarial_rows(inputs, labels)
             self.optimizer.zero_grad(set_to_none=True)
             with torch.autocast(self.device.type, enabled=self.amp):
@@ -455,13 +448,13 @@ class Trainer:
                 if n_adv < len(labels):
                     clean.update(per_sample[n_adv:].mean().item(), outputs[n_adv:].detach(), labels[n_adv:])
             bar.set_postfix(loss=f"{total.avg_loss:.4f}", acc=f"{total.accuracy:.2f}%")
-        total, clean, adv = (m.reduced(self.world) for m in (total, clean, adv))
+        total, clean, adv = (m.reduced(self.config.world) for m in (total, clean, adv))
         self._last_adv_metrics = (clean.accuracy, adv.accuracy)
         return total.avg_loss, total.accuracy
 
     def evaluate(self, dataset: Dataset) -> Evaluation:
         """One no-grad pass in eval mode: loss and accuracy over samples, plus P(fake) per sample and its AUC."""
-        sync_buffers(self.world, self.module)
+        sync_buffers(self.config.world, self.module)
         self.module.eval()
         acc = MetricAccumulator()
         scores, labels_seen = [], []
@@ -478,8 +471,8 @@ class Trainer:
                 labels_seen.append(labels.cpu())
         s = torch.cat(scores).numpy() if scores else np.zeros(0)
         y = torch.cat(labels_seen).numpy() if labels_seen else np.zeros(0, dtype=int)
-        s, y = gather_in_order(self.world, np.array(list(loader.sampler), dtype=np.int64), s, y)
-        acc = acc.reduced(self.world)
+        s, y = gather_in_order(self.config.world, np.array(list(loader.sampler), dtype=np.int64), s, y)
+        acc = acc.reduced(self.config.world)
         return Evaluation(acc.avg_loss, acc.accuracy, safe_auc(y, s), s, y)
 
     def evaluate_model_on_dataloader(self, dataset: Dataset) -> tuple[float, float]:
@@ -497,9 +490,9 @@ class Trainer:
     def paths(self, logging_parameters: LoggingParameters) -> dict[str, Path]:
         name = logging_parameters.run_name
         return {
-            "json": self.out_dir / f"{name}.json",
-            "best": self.checkpoint_dir / f"{name}.pt",
-            "last": self.checkpoint_dir / f"{name}_last.pt",
+            "json": self.config.out_dir / f"{name}.json",
+            "best": self.config.checkpoint_dir / f"{name}.pt",
+            "last": self.config.checkpoint_dir / f"{name}_last.pt",
         }
 
     def _checkpoint(self, lp: LoggingParameters, record: dict, threshold: float | None) -> dict:
@@ -509,10 +502,10 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
             "model_name": lp.model_name,
-            "model_kwargs": self.model_kwargs,
+            "model_kwargs": self.config.model_kwargs,
             "normalization": self.norm.to_dict(),
             "threshold": {"value": threshold, "source": "validation EER"} if threshold is not None else None,
-            "framing": self.run_config.get("framing"),
+            "framing": self.config.run_config.get("framing"),
             "logging_parameters": asdict(lp),
             "record": record,
             "format": FORMAT,
@@ -530,15 +523,15 @@ class Trainer:
         if (saved.model_name, saved.dataset_name, saved.optimizer_name) != (lp.model_name, lp.dataset_name, lp.optimizer_name):
             raise UserError(f"--resume: {paths['last']} is a {saved.run_name} run, not {lp.run_name}")
         saved_size = ckpt.get("model_kwargs", {}).get("image_size")
-        if saved_size is not None and saved_size != self.model_kwargs.get("image_size", saved_size):
+        if saved_size is not None and saved_size != self.config.model_kwargs.get("image_size", saved_size):
             raise UserError(f"--resume: {paths['last']} was trained at --image-size {saved_size}, not "
-                            f"{self.model_kwargs['image_size']}; resume with --image-size {saved_size}")
+                            f"{self.config.model_kwargs['image_size']}; resume with --image-size {saved_size}")
         try:
             self.module.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except (RuntimeError, ValueError, KeyError) as err:
             raise UserError(f"--resume: {paths['last']} does not fit this model or optimizer ({str(err).splitlines()[0]})") from err
-        changed = changed_settings(ckpt["record"].get("config", {}), self.run_config)
+        changed = changed_settings(ckpt["record"].get("config", {}), self.config.run_config)
         if changed:
             raise UserError(f"--resume: {paths['last']} was started with other settings ({changed}); resuming would "
                             "mix two runs (and compare 'best' across two validation sets): resume with the run's own "
@@ -547,9 +540,9 @@ class Trainer:
         saved_lr = ckpt["record"].get("config", {}).get("lr")
         if saved_lr is not None:  # the schedule continues from the run's own base lr
             self.base_lrs = [saved_lr * group.get("lr_scale", 1.0) for group in self.optimizer.param_groups]
-            if self.run_config.get("lr") not in (None, saved_lr):
+            if self.config.run_config.get("lr") not in (None, saved_lr):
                 print(f"note: --resume keeps the checkpoint's lr {saved_lr} (and its optimizer state); "
-                      f"--lr {self.run_config['lr']} is ignored")
+                      f"--lr {self.config.run_config['lr']} is ignored")
         self.epoch = int(ckpt["epoch"])
         return ckpt["record"]
 
@@ -602,9 +595,9 @@ class Trainer:
             "tag": lp.tag,
             "run_id": uuid.uuid4().hex[:12],
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "seed": self.seed,
-            "config": self.run_config,
-            "select_by": self.select_by,
+            "seed": self.config.seed,
+            "config": self.config.run_config,
+            "select_by": self.config.select_by,
             "epoch_time_s": [],
             "best_epoch": None,
             "best_val_acc": None,
@@ -614,8 +607,8 @@ class Trainer:
             "test_auc_at_best_val": None,
             "threshold": None,
         }
-        if self.adversarial.enabled:
-            record["adversarial"] = asdict(self.adversarial)
+        if self.config.adversarial.enabled:
+            record["adversarial"] = asdict(self.config.adversarial)
             record.update({key: [] for key in ADV_HISTORY_KEYS})
         return record
 
@@ -626,7 +619,7 @@ class Trainer:
         for key in ("best", "last", "json"):  # a run killed while saving leaves a hidden temp file: clean it
             remove_stale_temp_files(paths[key].parent, paths[key].name)
         self.total_epochs = epochs
-        main = self.world.main
+        main = self.config.world.main
         if resume:
             record = self._restore(paths, lp)
             if main:
@@ -636,7 +629,7 @@ class Trainer:
         self._fresh = not resume  # an earlier run's checkpoints are moved aside before the first save (never lost)
         for key in EXTRA_HISTORY_KEYS:  # logs of older versions lack them
             record.setdefault(key, [None] * len(record["train_loss"]))
-        board = open_tensorboard(self.tensorboard_dir, record, self.epoch) if main and self.tensorboard_dir else None
+        board = open_tensorboard(self.config.tensorboard_dir, record, self.epoch) if main and self.config.tensorboard_dir else None
         try:
             self._epochs(epochs, lp, record, paths, board)
         finally:
@@ -646,7 +639,7 @@ class Trainer:
 
     def _epochs(self, epochs: int, lp: LoggingParameters, record: dict, paths: dict[str, Path], board: Any) -> None:
         """Train the remaining epochs; rank 0 prints, writes the log and checkpoints (and TensorBoard) after each."""
-        main = self.world.main
+        main = self.config.world.main
         while self.epoch < epochs:
             start = time.perf_counter()
             train_loss, train_acc = self.train_one_epoch()
@@ -657,12 +650,12 @@ class Trainer:
             values = (train_loss, train_acc, val.loss, val.accuracy, test.loss, test.accuracy, val.auc, test.auc, lr)
             for key, value in zip(HISTORY_KEYS + EXTRA_HISTORY_KEYS, values):
                 record[key].append(value)
-            if self.adversarial.enabled:
+            if self.config.adversarial.enabled:
                 for key, value in zip(ADV_HISTORY_KEYS, self._last_adv_metrics):
                     record[key].append(None if math.isnan(value) else value)
             record["epoch_time_s"].append(round(time.perf_counter() - start, 2))
-            metric = {"acc": val.accuracy, "auc": val.auc, "loss": val.loss}[self.select_by]
-            improved = is_better(self.select_by, metric, record.get(f"best_val_{self.select_by}"))
+            metric = {"acc": val.accuracy, "auc": val.auc, "loss": val.loss}[self.config.select_by]
+            improved = is_better(self.config.select_by, metric, record.get(f"best_val_{self.config.select_by}"))
             threshold = equal_error_rate(val.labels, val.scores)[1] if val.auc is not None else None
             if improved:
                 record.update(best_epoch=self.epoch, best_val_acc=val.accuracy, best_val_auc=val.auc, best_val_loss=val.loss,

@@ -104,7 +104,8 @@ def test_trainer_settings_are_one_typed_config(tmp_path):
     args = (model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(), 8, separable_toy_set(8),
             separable_toy_set(8), separable_toy_set(8))
     trainer = Trainer(*args, TrainerConfig(out_dir=tmp_path / "o", seed=7, select_by="auc"))
-    assert (trainer.out_dir, trainer.seed, trainer.select_by) == (tmp_path / "o", 7, "auc")
+    assert trainer.config.out_dir == tmp_path / "o" and (trainer.config.seed, trainer.config.select_by) == (7, "auc")
+    assert Trainer(*args, out_dir=str(tmp_path / "o")).config.out_dir == tmp_path / "o"  # folders become Paths
     assert Trainer(*args, seed=7).config == TrainerConfig(seed=7)  # its fields as keywords: the same config
     with pytest.raises(TypeError):
         Trainer(*args, TrainerConfig(), seed=7)
@@ -113,7 +114,7 @@ def test_trainer_settings_are_one_typed_config(tmp_path):
 
 
 def test_a_log_is_judged_by_one_policy_for_readers_and_the_trainer(tmp_path):
-    from trainer import LoggingParameters, Trainer
+    from trainer import LoggingParameters, Trainer, TrainerConfig
     from utils import read_json_list
 
     log = tmp_path / "fakes_dataset_SimpleNet_Adam.json"
@@ -122,7 +123,7 @@ def test_a_log_is_judged_by_one_policy_for_readers_and_the_trainer(tmp_path):
         with pytest.raises(UserError, match="not a list of run records"):
             read_json_list(log)
         trainer = Trainer.__new__(Trainer)
-        trainer.out_dir, trainer.checkpoint_dir = tmp_path, tmp_path
+        trainer.config = TrainerConfig(out_dir=tmp_path, checkpoint_dir=tmp_path)
         trainer.write_output(LoggingParameters("SimpleNet", "fakes_dataset", "Adam"), {"run_id": "r1"})
         assert read_json_list(log) == [{"run_id": "r1"}]  # the trainer kept it aside and started a new log
         kept = sorted(tmp_path.glob("*.corrupt-*"))

@@ -179,12 +179,11 @@ def _write_records(path: str, worker: int, n: int) -> None:
     import sys
 
     sys.path.insert(0, str(REPO))
-    from pathlib import Path
 
-    from trainer import LoggingParameters, Trainer
+    from trainer import LoggingParameters, Trainer, TrainerConfig
 
     trainer = Trainer.__new__(Trainer)
-    trainer.out_dir, trainer.checkpoint_dir = Path(path), Path(path)
+    trainer.config = TrainerConfig(out_dir=path, checkpoint_dir=path)
     for i in range(n):
         trainer.write_output(LoggingParameters("M", "d", "o"), {"run_id": f"{worker}-{i}"})
 
