@@ -12,9 +12,9 @@
 Writes out/<dataset>_<model>_<opt>.json (one record appended per run) and checkpoints/<dataset>_<model>_<opt>.pt
 (best validation epoch, by --select-by) plus ..._last.pt (for --resume). `-m Bonus` also publishes checkpoints/bonus.pt.
 Adversarially trained runs add the suffix _advfgsm / _advpgd to those names, self-blended ones _selfblend or
-_selfblend+dataset (and -<regions> with --blend-regions), so they never take the plain run's names; an earlier run's checkpoints of the same name are moved
-to checkpoints/previous/<name>__<its run id>.pt, and a run whose name is running already stops at once;
---catalog runs are named after the catalog's folder. Every flag is checked before any image is read.
+_selfblend+dataset (and -<regions> with --blend-regions), so they never take the plain run's names; an earlier run's
+checkpoints of the same name are moved to checkpoints/previous/<name>__<its run id>.pt, and a run whose name is
+running already stops at once; --catalog runs are named after the catalog's folder. Every flag is checked before any image is read.
 """
 from __future__ import annotations
 
@@ -118,7 +118,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "instead of the train split's real/ (searched recursively)")
     p.add_argument("--blend-regions", type=comma_choices(HULLS), default=list(HULLS), metavar=",".join(HULLS),
                    help="with --fakes self-blend/both: the landmark hulls a self-blend's mask is drawn from (default: all; "
-                   "inner,eyes-nose-mouth keep the blend's boundary inside crops tighter than the face)")
+                   "inner,eyes-nose-mouth keep the blend's boundary inside crops tighter than the face, which on "
+                   "fakes_dataset did not transfer better: README, Generalization)")
     p.add_argument("--balance", choices=BALANCE, default="none",
                    help="imbalanced classes: loss weights or a balanced sampler for the train split (default: none)")
     p.add_argument("--data-root", type=Path, default=DATA_ROOT, help="folder holding the datasets (default: %(default)s)")

@@ -365,10 +365,12 @@ def read_step_times(path: Path) -> list[tuple[str, float]]:
     for line in path.read_text().splitlines():
         name, _, seconds = line.rpartition("\t")
         try:
-            steps.append((name, float(seconds)))
+            value = float(seconds)
         except ValueError:
             continue
-    return [(name, s) for name, s in steps if name]
+        if name:
+            steps.append((name, value))
+    return steps
 
 
 def read_json_list(path: str | Path) -> list[dict]:
