@@ -17,19 +17,18 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from common import DATA_ROOT, DATASETS, DEFAULT_BATCH_SIZE, DEFAULT_SEED, FIGURES_DIR
+from detector import Detector, load_model_from_checkpoint
 from faces_dataset import catalog_run_name, load_dataset
 from metrics import equal_error_rate
-from models import cam_target_layer, class_probabilities, load_model_from_checkpoint
+from models import cam_target_layer, class_probabilities
+from normalization import Normalization, to_display
 from utils import (
-    Normalization,
     UserError,
     get_device,
     make_loader,
-    model_normalization,
     non_negative_int,
     positive_int,
     set_seed,
-    to_display,
     writable_dir,
 )
 
@@ -59,28 +58,39 @@ def add_analysis_args(parser: argparse.ArgumentParser, model_names: tuple[str, .
 class AnalysisInputs:
     """What an analysis script works on, resolved from its flags."""
 
-    model: nn.Module  # the checkpoint's model, in eval mode, on `device`, with its normalisation and image size
-    dataset: Dataset  # the test split (of -d or of --catalog) at the model's image size and normalisation
+    detector: Detector  # the checkpoint's detector: its module in eval mode on `device`, its size and normalisation
+    dataset: Dataset  # the test split (of -d or of --catalog) at the detector's image size and normalisation
     device: torch.device
-    model_name: str  # from the checkpoint (-m only checks it)
     dataset_name: str  # -d, or catalog-<folder> for --catalog: names the script's outputs
 
+    @property
+    def model(self) -> nn.Module:
+        return self.detector.module
 
-def load_analysis_inputs(args: argparse.Namespace) -> AnalysisInputs:
-    """Seed, device, the checkpoint's model and the test split it is scored on, once --figures-dir is known writable;
-    a -m that contradicts the checkpoint, or neither -d nor --catalog, is a UserError. `args` is only read."""
-    if getattr(args, "figures_dir", None) is not None:  # before minutes of loading and scoring, not after
-        writable_dir(args.figures_dir, "--figures-dir")
-    catalog = getattr(args, "catalog", None)  # callers without add_analysis_args have no --catalog
-    if catalog is None and args.dataset is None:
+
+def load_analysis_inputs(checkpoint: Path, *, dataset: str | None, data_root: Path, catalog: Path | None = None,
+                         device: str = "auto", seed: int = DEFAULT_SEED, limit: int | None = None,
+                         figures_dir: Path | None = None, expected_model: str | None = None) -> AnalysisInputs:
+    """Seed, device, the checkpoint's detector and the test split it is scored on, once `figures_dir` is known
+    writable; an `expected_model` (-m) that contradicts the checkpoint, or neither a dataset nor a catalog, is a
+    UserError."""
+    if figures_dir is not None:  # before minutes of loading and scoring, not after
+        writable_dir(figures_dir, "--figures-dir")
+    if catalog is None and dataset is None:
         raise UserError("pass -d DATASET (or --catalog CSV) to say which test split to evaluate")
-    dataset_name = args.dataset if catalog is None else catalog_run_name(catalog)
-    set_seed(args.seed)
-    device = get_device(args.device)
-    model, _ = load_model_from_checkpoint(args.checkpoint_path, device, expected_model=args.model)
-    dataset = load_dataset(dataset_name, "test", args.data_root, model.image_size, args.limit,
-                           model_normalization(model), catalog=catalog)
-    return AnalysisInputs(model, dataset, device, model.model_name, dataset_name)
+    dataset_name = dataset if catalog is None else catalog_run_name(catalog)
+    set_seed(seed)
+    torch_device = get_device(device)
+    detector = load_model_from_checkpoint(checkpoint, torch_device, expected_model=expected_model)
+    split = load_dataset(dataset_name, "test", data_root, detector.image_size, limit, detector.normalization, catalog=catalog)
+    return AnalysisInputs(detector, split, torch_device, dataset_name)
+
+
+def analysis_inputs_from_flags(args: argparse.Namespace) -> AnalysisInputs:
+    """load_analysis_inputs with the values of the flags add_analysis_args declared."""
+    return load_analysis_inputs(args.checkpoint_path, dataset=args.dataset, data_root=args.data_root, catalog=args.catalog,
+                                device=args.device, seed=args.seed, limit=args.limit, figures_dir=args.figures_dir,
+                                expected_model=args.model)
 
 
 @torch.no_grad()
@@ -125,14 +135,15 @@ def cam_methods() -> dict:
     }
 
 
-def compute_cams(model: nn.Module, images: torch.Tensor, classes: torch.Tensor, method: str = "gradcam") -> np.ndarray:
-    """CAMs (B,H,W) in [0,1] of `classes` for normalised images (B,3,H,W), at the model's target layer, computed in
-    eval mode; the model's mode is restored afterwards, and an error inside the CAM is raised."""
+def compute_cams(model: nn.Module, images: torch.Tensor, classes: torch.Tensor, name: str,
+                 method: str = "gradcam") -> np.ndarray:
+    """CAMs (B,H,W) in [0,1] of `classes` for normalised images (B,3,H,W), at the target layer of model `name`,
+    computed in eval mode; the model's mode is restored afterwards, and an error inside the CAM is raised."""
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     was_training = model.training
     model.eval()
-    cam = cam_methods()[method](model=model, target_layers=[cam_target_layer(model)])
+    cam = cam_methods()[method](model=model, target_layers=[cam_target_layer(model, name)])
     try:  # not pytorch-grad-cam's `with`: its __exit__ swallows an IndexError, and the call would return None
         return cam(input_tensor=images, targets=[ClassifierOutputTarget(int(c)) for c in classes])
     finally:

@@ -2,8 +2,8 @@
 Carlini-Wagner (L2)) and everyday distortions (JPEG, blur, noise, down-scaling: Corruption, at the end).
 
 Images, budgets and results are in pixel units on the [0, 1] scale (eps = 8/255 means 8 grey levels), although the
-detectors see normalised inputs: each attack wraps the model with the model's own normalisation (NormalizedModel, from
-utils.model_normalization: 0.5 for SimpleNet, ImageNet mean/std for ResNet50 and EfficientNet-Lite), so the budget
+detectors see normalised inputs: each attack wraps the model with the model's own normalisation (NormalizedModel, given
+as `norm`: the assignment's 0.5 unless said otherwise, ImageNet mean/std for ResNet50 and EfficientNet-Lite), so the budget
 means what a user thinks it means whatever the model. Untargeted attacks push an image away from its true label; targeted ones
 (targeted=True, labels = the wanted class, e.g. 0 "real" for a fake face) pull it towards that label.
 The model's train/eval mode and its parameters' requires_grad and .grad are left as they were.
@@ -22,18 +22,19 @@ from PIL import Image, ImageFilter
 from torch import nn
 
 from common import DEFAULT_ALPHA, DEFAULT_EPS, DEFAULT_PGD_STEPS
-from utils import Normalization, UserError, frozen_eval, model_normalization, normalize
+from normalization import ASSIGNMENT_NORM, Normalization, normalize
+from utils import UserError, frozen_eval
 
 ATTACKS = ("fgsm", "pgd", "cw")
 
 
 class NormalizedModel(nn.Module):
-    """model(normalize(x)) with the model's normalisation (or `norm`): lets attacks work on [0, 1] pixels."""
+    """model(normalize(x, norm)): lets attacks work on [0, 1] pixels."""
 
-    def __init__(self, model: nn.Module, norm: Normalization | None = None):
+    def __init__(self, model: nn.Module, norm: Normalization = ASSIGNMENT_NORM):
         super().__init__()
         self.model = model
-        self.norm = norm or model_normalization(model)
+        self.norm = norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(normalize(x, self.norm))
@@ -49,7 +50,7 @@ def _input_gradient(net: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> to
 
 def fgsm_attack(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float = DEFAULT_EPS, targeted: bool = False,
-    norm: Normalization | None = None,
+    norm: Normalization = ASSIGNMENT_NORM,
 ) -> torch.Tensor:
     """Fast Gradient Sign Method (Goodfellow et al., 2014, arXiv:1412.6572): one step of size eps along sign(grad).
 
@@ -64,7 +65,7 @@ def fgsm_attack(
 
 def pgd_attack(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float = DEFAULT_EPS, alpha: float = DEFAULT_ALPHA,
-    steps: int = DEFAULT_PGD_STEPS, random_start: bool = True, targeted: bool = False, norm: Normalization | None = None,
+    steps: int = DEFAULT_PGD_STEPS, random_start: bool = True, targeted: bool = False, norm: Normalization = ASSIGNMENT_NORM,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Projected Gradient Descent, L-inf (Madry et al., 2017, arXiv:1706.06083).
@@ -97,7 +98,7 @@ def _cw_margin(logits: torch.Tensor, labels: torch.Tensor, targeted: bool) -> to
 
 def cw_attack(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, c: float = 1.0, kappa: float = 0.0, steps: int = 100,
-    lr: float = 0.01, binary_search_steps: int = 5, targeted: bool = False, norm: Normalization | None = None,
+    lr: float = 0.01, binary_search_steps: int = 5, targeted: bool = False, norm: Normalization = ASSIGNMENT_NORM,
 ) -> torch.Tensor:
     """Carlini-Wagner L2 (Carlini & Wagner, 2017, arXiv:1608.04644).
 

@@ -13,9 +13,9 @@ from sklearn.metrics import roc_auc_score
 from analysis import get_soft_scores_and_true_labels
 from bonus_model import BONUS_ADVICE
 from common import BONUS_CHECKPOINT, DATA_ROOT
+from detector import load_model_from_checkpoint
 from faces_dataset import load_dataset
-from models import load_model_from_checkpoint
-from utils import cli_main, get_device, get_nof_params, model_normalization, positive_int
+from utils import cli_main, get_device, get_nof_params, positive_int
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,9 +33,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device = get_device(args.device)
-    model, _ = load_model_from_checkpoint(args.checkpoint, device, "Bonus", BONUS_ADVICE)  # what my_bonus_model() returns
-    image_size = args.image_size or model.image_size
-    test_dataset = load_dataset("fakes_dataset", "test", args.data_root, image_size, args.limit, model_normalization(model))
+    detector = load_model_from_checkpoint(args.checkpoint, device, "Bonus", BONUS_ADVICE)  # my_bonus_model() is its module
+    model = detector.module
+    image_size = args.image_size or detector.image_size
+    test_dataset = load_dataset("fakes_dataset", "test", args.data_root, image_size, args.limit, detector.normalization)
     _, fake_scores, labels = get_soft_scores_and_true_labels(test_dataset, model, device=device, progress=not args.no_progress)
     result = {"auc": float(roc_auc_score(labels, fake_scores)), "n_params": get_nof_params(model)}
     print(f"Bonus model: test AUC {result['auc']:.4f} on fakes_dataset, {result['n_params']:,d} parameters")

@@ -6,8 +6,8 @@ checkpoint this suite writes holds only tensors, dicts, lists, strings, numbers,
 optimizer state dicts, the run record), and every read refuses anything else with one sentence.
 
 Layout ("format": "fmd-checkpoint-v2"): model, optimizer, scaler, epoch, model_name, model_kwargs, normalization
-({"mean", "std"}), threshold ({"value", "source"}), framing ({"margin", "source"}: how the training faces were cropped,
-which detect.py repeats), logging_parameters, record. Older checkpoints of this suite
+({"mean", "std"}), threshold ({"value", "source", "band"}), framing ({"margin", "source"}: how the training faces were
+cropped, which detect.py repeats), logging_parameters, record. detector.py turns one into a Detector. Older checkpoints of this suite
 and the assignment's bare {"model": state_dict} (or a bare state dict) still load; without a normalization entry
 they are read as the assignment's mean = std = 0.5.
 """
@@ -21,10 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils import Normalization, UserError, atomic_torch_save, resolve_input_path
+from utils import UserError, atomic_torch_save, resolve_input_path
 
 FORMAT = "fmd-checkpoint-v2"
-DEFAULT_THRESHOLD = 0.5
 
 
 def plain(obj: Any) -> Any:
@@ -91,28 +90,6 @@ def checkpoint_model_name(ckpt: dict, path: str | Path, expected: str | None, ad
     return name
 
 
-def checkpoint_normalization(ckpt: dict) -> Normalization:
-    """The input normalisation saved with the model (the assignment's 0.5 for older checkpoints)."""
-    return Normalization.from_dict(ckpt.get("normalization"))
-
-
-def checkpoint_threshold(ckpt: dict) -> tuple[float, str]:
-    """(threshold on P(fake), where it came from): the validation EER threshold saved at the best epoch, else 0.5."""
-    entry = ckpt.get("threshold")
-    if isinstance(entry, dict) and entry.get("value") is not None:
-        return float(entry["value"]), str(entry.get("source", "checkpoint"))
-    return DEFAULT_THRESHOLD, "default 0.5 (the checkpoint stores no validation threshold)"
-
-
-def checkpoint_framing(ckpt: dict, default: float) -> tuple[float, str]:
-    """(margin around an MTCNN box, where it came from) of the faces the model was trained on; `default` for
-    checkpoints that do not record it."""
-    entry = ckpt.get("framing")
-    if isinstance(entry, dict) and entry.get("margin") is not None:
-        return float(entry["margin"]), str(entry.get("source", "checkpoint"))
-    return default, "default (the checkpoint does not say how its faces were framed)"
-
-
 class WeightsMismatch(UserError):
     """A checkpoint's weights do not fit the model they are loaded into; `detail` is PyTorch's first line."""
 
@@ -122,7 +99,7 @@ class WeightsMismatch(UserError):
 
 
 def load_weights(model: nn.Module, ckpt: dict, path: str | Path, name: str) -> nn.Module:
-    """Load the checkpoint's weights (strict), normalisation and decision threshold (value, source) into `model`."""
+    """Load the checkpoint's weights into `model` (strict); the model is returned as it is, nothing else is set on it."""
     try:
         model.load_state_dict(ckpt["model"], strict=True)
     except RuntimeError as err:
@@ -132,6 +109,4 @@ def load_weights(model: nn.Module, ckpt: dict, path: str | Path, name: str) -> n
                 if "size mismatch" in text else "pass the matching -m")
         raise WeightsMismatch(f"checkpoint {path} does not fit the {name} architecture ({text.splitlines()[0]}); {hint}",
                               text.splitlines()[0]) from err
-    model.normalization = checkpoint_normalization(ckpt)
-    model.decision_threshold = checkpoint_threshold(ckpt)
     return model

@@ -65,3 +65,7 @@ def run_name(dataset: str, model: str, optimizer: str | None = None, tag: str = 
     optimizer, <dataset>_<model>[_<tag>] prefixes its figures (the assignment's names; tags such as advpgd or
     selfblend keep a variant's files apart from the plain run's)."""
     return "_".join(part for part in (dataset, model, optimizer, tag) if part)
+
+# The detector detect.py uses when no -cpp is given: a fused detector shipped in the repository (weights/README.md is
+# its model card; tools/build_detector.py rebuilds it).
+SHIPPED_DETECTOR = REPO_ROOT / "weights" / "generalist.fused.json"

@@ -33,12 +33,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from torch import nn
 from tqdm import tqdm
 
 from analysis import compute_cams, eer_threshold_on, overlay
-from checkpoints import checkpoint_framing
-from common import IMAGE_EXTENSIONS
+from common import IMAGE_EXTENSIONS, SHIPPED_DETECTOR
+from detector import Scorer, load_model_from_checkpoint
 from face_detection import (
     DEFAULT_MARGIN,
     DEFAULT_MIN_PROB,
@@ -50,15 +49,15 @@ from face_detection import (
     sample_frames,
     square_box,
 )
-from faces_dataset import DatasetError, FacesDataset, get_transforms, load_rgb
-from metrics import AGGREGATES, aggregate
-from models import MODEL_NAMES, load_model_from_checkpoint, p_fake
+from faces_dataset import DatasetError, FacesDataset, load_rgb
+from metrics import AGGREGATES, Threshold, aggregate
+from models import MODEL_NAMES
 from utils import (
     UserError,
     atomic_write,
     cli_main,
     get_device,
-    model_normalization,
+    json_safe,
     positive_float,
     positive_int,
     probability,
@@ -68,7 +67,8 @@ from utils import (
 
 @dataclass
 class FaceRow:
-    """One scored face: where it was (file, frame, time, box) and what the models said."""
+    """One scored face: where it was (file, frame, time, box) and what the detector said (and, for a fused detector,
+    what each member said: members[name] = its own P(fake))."""
 
     file: str
     frame: int
@@ -76,6 +76,7 @@ class FaceRow:
     box: list[int]
     face_prob: float
     p_fake: float
+    members: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -170,23 +171,6 @@ def annotation_targets(inputs: list[Path], folder: Path) -> dict[Path, Path]:
     return targets
 
 
-class Scorer:
-    """The detector applied to face crops in batches: P(fake) per crop, with the model's own size and normalisation."""
-
-    def __init__(self, model: nn.Module, image_size: int, device: torch.device, batch_size: int):
-        self.model, self.device, self.batch_size = model.eval(), device, batch_size
-        self.image_size = image_size
-        self.transform = get_transforms(False, image_size, model_normalization(model))
-
-    @torch.no_grad()
-    def __call__(self, crops: list[Image.Image]) -> np.ndarray:
-        out = []
-        for start in range(0, len(crops), self.batch_size):
-            batch = torch.stack([self.transform(c) for c in crops[start:start + self.batch_size]]).to(self.device)
-            out.append(p_fake(self.model(batch)).cpu())
-        return torch.cat(out).numpy() if out else np.zeros(0)
-
-
 def score_frames(frames: Iterator[tuple[int, float, Image.Image]], name: str, detector: FaceDetector, scorer: Scorer,
                  margin: float, detect_batch: int, keep: dict | None = None) -> tuple[list[FaceRow], int]:
     """Detect and score the faces of a stream of frames; returns the face rows and the number of frames read.
@@ -203,7 +187,7 @@ def score_frames(frames: Iterator[tuple[int, float, Image.Image]], name: str, de
             if keep is not None:
                 keep[index] = (image, faces)
             for face in faces:
-                crops.append(crop_face(image, face, margin, scorer.image_size))
+                crops.append(crop_face(image, face, margin, scorer.detector.image_size))
                 rows.append(FaceRow(name, index, round(ts, 3), list(square_box(face.box, margin, *image.size)),
                                     round(face.prob, 4), 0.0))
         pending.clear()
@@ -214,8 +198,10 @@ def score_frames(frames: Iterator[tuple[int, float, Image.Image]], name: str, de
         if len(pending) == detect_batch:
             flush()
     flush()
-    for row, p in zip(rows, scorer(crops)):
+    scores, members = scorer(crops)
+    for row, p, per_member in zip(rows, scores, members):
         row.p_fake = float(p)
+        row.members = {name: round(float(q), 6) for name, q in zip(scorer.member_names, per_member)}
     return rows, n_frames
 
 
@@ -239,14 +225,14 @@ def draw_faces(image: Image.Image, faces: list[FaceRow]) -> Image.Image:
     return out
 
 
-def cam_tiles(image: Image.Image, faces: list[FaceRow], model: nn.Module, scorer: Scorer, side: int) -> list[Image.Image]:
+def cam_tiles(image: Image.Image, faces: list[FaceRow], scorer: Scorer, side: int) -> list[Image.Image]:
     """Each face's crop under its Grad-CAM for 'fake' (the evidence the model used), side x side."""
-    tiles = []
+    detector, tiles = scorer.detector, []
     for f in faces:
-        crop = crop_face(image, Face(np.array(f.box, dtype=np.float32), f.face_prob), 0.0, scorer.image_size)
+        crop = crop_face(image, Face(np.array(f.box, dtype=np.float32), f.face_prob), 0.0, detector.image_size)
         x = scorer.transform(crop)[None].to(scorer.device)
-        cam = compute_cams(model, x, torch.tensor([1]))[0]
-        tiles.append(Image.fromarray(overlay(x[0].cpu(), cam, model_normalization(model))).resize((side, side)))
+        cam = compute_cams(detector.module, x, torch.tensor([1]), detector.name)[0]
+        tiles.append(Image.fromarray(overlay(x[0].cpu(), cam, detector.normalization)).resize((side, side)))
     return tiles
 
 
@@ -298,34 +284,39 @@ def annotate_video(path: Path, out: Path, faces: list[FaceRow], sampled: list[in
     return written
 
 
-def write_results(path: Path, results: list[FileResult], threshold: float, source: str) -> None:
-    """One row per face and one per file, as CSV (a 'row' column tells them apart) or JSON; written atomically."""
-    atomic_write(path, lambda tmp: _write_results(tmp, path.suffix.lower(), results, threshold, source))
+def write_results(path: Path, results: list[FileResult], threshold: Threshold, members: list[str]) -> None:
+    """One row per face and one per file, as CSV (a 'row' column tells them apart; a fused detector's members' own
+    P(fake) in a column each, p_fake[<member>]) or JSON; written atomically."""
+    atomic_write(path, lambda tmp: _write_results(tmp, path.suffix.lower(), results, threshold, members))
 
 
-def _write_results(tmp: str, suffix: str, results: list[FileResult], threshold: float, source: str) -> None:
+def _write_results(tmp: str, suffix: str, results: list[FileResult], threshold: Threshold, members: list[str]) -> None:
     with open(tmp, "w", newline="") as handle:
         if suffix == ".json":
-            json.dump({"threshold": threshold, "threshold_source": source,
-                       "files": [r.summary() for r in results],
-                       "faces": [asdict(f) for r in results for f in r.faces]}, handle, indent=2)
-        else:
-            columns = ["row", "file", "kind", "frame", "time", "x1", "y1", "x2", "y2", "face_prob", "p_fake", "faces",
-                       "frames", "verdict"]
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            for r in results:
-                for f in r.faces:
-                    writer.writerow({"row": "face", "file": f.file, "frame": f.frame, "time": f.time,
-                                     **dict(zip(("x1", "y1", "x2", "y2"), f.box)), "face_prob": f.face_prob,
-                                     "p_fake": round(f.p_fake, 6)})
-                writer.writerow({"row": "file", "file": r.file, "kind": r.kind, "faces": len(r.faces), "frames": r.frames,
-                                 "p_fake": None if r.score is None else round(r.score, 6), "verdict": r.verdict})
+            json.dump(json_safe({"threshold": threshold.value, "threshold_source": threshold.source,
+                                 "uncertain_band": threshold.band, "members": members,
+                                 "files": [r.summary() for r in results],
+                                 "faces": [asdict(f) for r in results for f in r.faces]}), handle, indent=2, allow_nan=False)
+            return
+        member_columns = [f"p_fake[{name}]" for name in members]
+        columns = ["row", "file", "kind", "frame", "time", "x1", "y1", "x2", "y2", "face_prob", "p_fake", *member_columns,
+                   "faces", "frames", "verdict"]
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for r in results:
+            for f in r.faces:
+                writer.writerow({"row": "face", "file": f.file, "frame": f.frame, "time": f.time,
+                                 **dict(zip(("x1", "y1", "x2", "y2"), f.box)), "face_prob": f.face_prob,
+                                 "p_fake": round(f.p_fake, 6),
+                                 **{column: f.members[name] for column, name in zip(member_columns, members)}})
+            writer.writerow({"row": "file", "file": r.file, "kind": r.kind, "faces": len(r.faces), "frames": r.frames,
+                             "p_fake": None if r.score is None else round(r.score, 6), "verdict": r.verdict})
 
 
-def print_table(results: list[FileResult], threshold: float, source: str) -> None:
+def print_table(results: list[FileResult], threshold: Threshold) -> None:
     width = max([len(r.file) for r in results] + [4])
-    print(f"\n{'file':{width}s}  {'faces':>5s}  {'P(fake)':>7s}  verdict (threshold {threshold:.3f}: {source})")
+    print(f"\nthreshold on P(fake): {threshold.describe()}")
+    print(f"{'file':{width}s}  {'faces':>5s}  {'P(fake)':>7s}  verdict")
     for r in results:
         score = "" if r.score is None else f"{r.score:.3f}"
         print(f"{r.file:{width}s}  {len(r.faces):5d}  {score:>7s}  {r.verdict}")
@@ -352,19 +343,21 @@ def threshold_arg(text: str) -> float | Path:
         raise argparse.ArgumentTypeError(f"must be a probability in [0, 1] or val-eer:DIR, got {text}") from err
 
 
-def folder_threshold(folder: Path, scorer: Scorer) -> tuple[float, str]:
-    """The EER threshold of the model on a folder of labelled face crops (real/, fake/), and how it was chosen."""
+def folder_threshold(folder: Path, scorer: Scorer) -> Threshold:
+    """The EER threshold of the detector on a folder of labelled face crops (real/, fake/), and how it was chosen."""
     dataset = FacesDataset(folder, transform=scorer.transform)
-    threshold = eer_threshold_on(dataset, scorer.model, scorer.device, f"--threshold val-eer:{folder}",
-                                 scorer.batch_size, progress=False)
-    return threshold, f"EER on {folder} ({len(dataset)} crops)"
+    value = eer_threshold_on(dataset, scorer.detector.module, scorer.device, f"--threshold val-eer:{folder}",
+                             scorer.batch_size, progress=False)
+    return Threshold(value, f"EER on {folder} ({len(dataset)} crops)")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("paths", nargs="+", help="images, videos, folders (searched recursively) or glob patterns")
-    p.add_argument("-cpp", "--checkpoint_path", "--checkpoint", dest="checkpoint_path", type=Path, required=True,
-                   help="checkpoint written by train_main.py (the model is rebuilt from it)")
+    p.add_argument("paths", nargs="+", help="images, videos, folders (searched recursively) or glob patterns "
+                   "(a name that starts with a dash goes after --: detect.py -- -photo.png)")
+    p.add_argument("-cpp", "--checkpoint_path", "--checkpoint", dest="checkpoint_path", type=Path, default=SHIPPED_DETECTOR,
+                   help="checkpoint written by train_main.py, MesoNet's .h5 or a fused detector's .fused.json (default: "
+                   "the shipped detector, weights/README.md)")
     p.add_argument("-m", "--model", choices=MODEL_NAMES, help="model name (optional: checked against the checkpoint)")
     frames = p.add_mutually_exclusive_group()
     frames.add_argument("--frames", type=positive_int, default=32, help="evenly spaced frames per video (default: 32)")
@@ -372,8 +365,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--aggregate", choices=AGGREGATES, default="mean", help="video score from frame scores (default: mean)")
     p.add_argument("--threshold", type=threshold_arg, metavar="P|val-eer:DIR",
                    help="P(fake) at or above which a file is called fake, or val-eer:DIR for the EER threshold of the "
-                   "model on DIR's real/ and fake/ face crops, data like yours (default: the validation EER threshold "
-                   "saved with the checkpoint, else 0.5)")
+                   "model on DIR's real/ and fake/ face crops, data like yours (default: the threshold saved with the "
+                   "checkpoint, with its uncertain band; else 0.5)")
     p.add_argument("--out", type=Path, help="write one row per face and per file to a .csv or .json file")
     p.add_argument("--annotate", type=Path, help="folder for annotated copies, <name>.annotated.png/.mp4 with boxes and P(fake) drawn in "
                    "(an existing file is never replaced)")
@@ -385,6 +378,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--detect-batch", type=positive_int, default=8, help="frames per MTCNN batch (default: %(default)s)")
     p.add_argument("--extractor", choices=("auto", "ffmpeg", "opencv"), default="auto",
                    help="video decoder (default: ffmpeg when on PATH, else OpenCV)")
+    p.add_argument("--fp32", action="store_true", help="score in float32 on the CPU instead of bfloat16 autocast "
+                   "(bfloat16 is faster where the CPU has bfloat16 units and kept AUC within 0.002: README)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
@@ -395,39 +390,54 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def detect_file(path: Path, args: argparse.Namespace, detector: FaceDetector, scorer: Scorer, model: nn.Module,
-                threshold: float, target: Path | None = None) -> FileResult:
+@dataclass(frozen=True)
+class DetectSettings:
+    """How detect_file reads and scores one input (from the flags, once)."""
+
+    frames: int = 32
+    fps: float | None = None
+    extractor: str = "auto"
+    aggregate: str = "mean"
+    margin: float = DEFAULT_MARGIN
+    detect_batch: int = 8
+    cam: bool = False
+    progress: bool = True
+
+
+def detect_file(path: Path, settings: DetectSettings, detector: FaceDetector, scorer: Scorer, threshold: Threshold,
+                target: Path | None = None) -> FileResult:
     """Score one image or video (raising OSError/DatasetError when it cannot be read); with `target`, write the
     annotated copy there."""
     is_video = path.suffix.lower() in VIDEO_EXTENSIONS
     result = FileResult(str(path), "video" if is_video else "image")
     keep: dict = {}
     if is_video:
-        if args.fps is not None:
-            read, _ = frame_reader(args.extractor)
-            frames = read(path, args.fps, 10**6)
+        if settings.fps is not None:
+            read, _ = frame_reader(settings.extractor)
+            frames = read(path, settings.fps, 10**6)
         else:
-            frames = sample_frames(path, args.frames, args.extractor)
-        frames = tqdm(frames, desc=path.name, unit="frame", leave=False, disable=args.no_progress)
+            frames = sample_frames(path, settings.frames, settings.extractor)
+        frames = tqdm(frames, desc=path.name, unit="frame", leave=False, disable=not settings.progress)
     else:
         frames = iter([(0, 0.0, load_rgb(path))])
-    result.faces, result.frames = score_frames(frames, str(path), detector, scorer, args.margin, args.detect_batch, keep)
+    result.faces, result.frames = score_frames(frames, str(path), detector, scorer, settings.margin, settings.detect_batch,
+                                               keep)
     if not result.faces:
         result.verdict = "no face found"
         return result
     scores = frame_scores(result.faces)
-    result.score = aggregate(scores, args.aggregate) if is_video else float(scores.max())
-    result.verdict = "fake" if result.score >= threshold else "real"
+    result.score = aggregate(scores, settings.aggregate) if is_video else float(scores.max())
+    result.verdict = threshold.verdict(result.score)
     if target is not None:
         by_frame = faces_by_frame(result.faces)
         side = min(keep[min(keep)][0].size[1], 256)
-        tiles = {k: cam_tiles(keep[k][0], rows, model, scorer, side) for k, rows in by_frame.items()} if args.cam else {}
+        tiles = {k: cam_tiles(keep[k][0], rows, scorer, side) for k, rows in by_frame.items()} if settings.cam else {}
         if is_video:
-            annotate_video(path, target, result.faces, sorted(keep), args.fps is not None, args.fps,
+            annotate_video(path, target, result.faces, sorted(keep), settings.fps is not None, settings.fps,
                            tiles, side)
         else:
             drawn = draw_faces(keep[0][0], result.faces)
-            if args.cam:
+            if settings.cam:
                 drawn = beside(drawn, tiles[0], side, len(tiles[0]))
             atomic_write(target, lambda tmp: drawn.save(tmp, format="PNG"))
     return result
@@ -446,21 +456,33 @@ def main(argv: list[str] | None = None) -> list[FileResult]:
         writable_dir(args.annotate, "--annotate")
     if args.out is not None:
         writable_dir(args.out.parent, "--out's folder")
-    model, ckpt = load_model_from_checkpoint(args.checkpoint_path, device, expected_model=args.model)
-    scorer = Scorer(model, model.image_size, device, args.batch_size)
-    if args.margin is None:  # crop a user's faces the way the model's training faces were cropped
-        args.margin, framing = checkpoint_framing(ckpt, DEFAULT_MARGIN)
-        print(f"face crops framed like the training faces: margin {args.margin:+.2f} ({framing}); --margin overrides")
+    if args.checkpoint_path == SHIPPED_DETECTOR:
+        print(f"detector: the shipped one, {SHIPPED_DETECTOR.name} (weights/README.md; -cpp picks another)")
+    loaded = load_model_from_checkpoint(args.checkpoint_path, device, expected_model=args.model)
+    scorer = Scorer(loaded, device, args.batch_size, bf16=not args.fp32)
+    margin = args.margin
+    if margin is None:  # crop a user's faces the way the model's training faces were cropped
+        if loaded.framing.margin is None:
+            margin = DEFAULT_MARGIN
+            print(f"face crops framed with margin {margin:+.2f}: {loaded.framing.source}; --margin overrides")
+        else:
+            margin = loaded.framing.margin
+            print(f"face crops framed like the training faces: margin {margin:+.2f} ({loaded.framing.source}); "
+                  "--margin overrides")
     if isinstance(args.threshold, Path):
-        threshold, source = folder_threshold(args.threshold, scorer)
+        threshold = folder_threshold(args.threshold, scorer)
+    elif args.threshold is not None:
+        threshold = Threshold(args.threshold, "--threshold")
     else:
-        threshold, source = (args.threshold, "--threshold") if args.threshold is not None else model.decision_threshold
-    detector = FaceDetector(args.device, args.min_prob)
+        threshold = loaded.threshold
+    settings = DetectSettings(args.frames, args.fps, args.extractor, args.aggregate, margin, args.detect_batch, args.cam,
+                              not args.no_progress)
+    face_detector = FaceDetector(args.device, args.min_prob)
     targets = annotation_targets(inputs, args.annotate) if args.annotate is not None else {}
     results = []
     for path in tqdm(inputs, desc="inputs", unit="file", disable=args.no_progress or len(inputs) == 1):
         try:
-            result = detect_file(path, args, detector, scorer, model, threshold, targets.get(path))
+            result = detect_file(path, settings, face_detector, scorer, threshold, targets.get(path))
         except (OSError, DatasetError, ValueError) as err:
             tqdm.write(f"skipping {path}: cannot read it ({err})")
             result = FileResult(str(path), "video" if path.suffix.lower() in VIDEO_EXTENSIONS else "image",
@@ -468,9 +490,9 @@ def main(argv: list[str] | None = None) -> list[FileResult]:
         if result.verdict == "no face found":
             tqdm.write(f"{path}: no face found (MTCNN probability below {args.min_prob})")
         results.append(result)
-    print_table(results, threshold, source)
+    print_table(results, threshold)
     if args.out is not None:
-        write_results(args.out, results, threshold, source)
+        write_results(args.out, results, threshold, scorer.member_names)
         print(f"saved {args.out}")
     if not any(r.score is not None for r in results):
         raise UserError("no input could be scored (no face found or unreadable)")

@@ -17,29 +17,24 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from analysis import METHOD_NAMES, add_analysis_args, compute_cams, load_analysis_inputs, overlay
+from analysis import METHOD_NAMES, add_analysis_args, analysis_inputs_from_flags, compute_cams, overlay
 from common import CLASS_NAMES, run_name
 from faces_dataset import dataset_labels
 from models import MODEL_NAMES, p_fake
-from utils import (
-    UserError,
-    cli_main,
-    model_normalization,
-    new_figure,
-    positive_int,
-    save_figure,
-    to_display,
-)
+from normalization import ASSIGNMENT_NORM, Normalization, to_display
+from utils import UserError, cli_main, new_figure, positive_int, save_figure
 
 
 def get_grad_cam_visualization(test_dataset: Dataset, model: nn.Module, method: str = "gradcam",
-                               generator: torch.Generator | None = None) -> tuple[np.ndarray, torch.Tensor]:
-    """Grad-CAM of one random test image for its true class: (visualization (H,W,3) uint8 in [0,255], label of shape (1,))."""
+                               generator: torch.Generator | None = None, name: str = "SimpleNet",
+                               norm: Normalization = ASSIGNMENT_NORM) -> tuple[np.ndarray, torch.Tensor]:
+    """Grad-CAM of one random test image for its true class: (visualization (H,W,3) uint8 in [0,255], label of shape
+    (1,)). `name` and `norm` say which model it is and how its inputs are scaled (default: the assignment's SimpleNet)."""
     loader = DataLoader(test_dataset, batch_size=1, shuffle=True, generator=generator)
     image, true_label = next(iter(loader))
     device = next(model.parameters()).device
-    cam = compute_cams(model, image.to(device), true_label, method)[0]
-    return overlay(image[0], cam, model_normalization(model)), true_label
+    cam = compute_cams(model, image.to(device), true_label, name, method)[0]
+    return overlay(image[0], cam, norm), true_label
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,9 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @cli_main
 def main(argv: list[str] | None = None) -> list:
     args = parse_args(argv)
-    inputs = load_analysis_inputs(args)
+    inputs = analysis_inputs_from_flags(args)
     model, test_dataset, device = inputs.model, inputs.dataset, inputs.device
-    norm = model_normalization(model)
+    norm, model_name = inputs.detector.normalization, inputs.detector.name
     labels = np.asarray(dataset_labels(test_dataset))
     rng = np.random.default_rng(args.seed)
     suffix = "grad_cam" if args.method == "gradcam" else args.method.replace("++", "_plus_plus")
@@ -68,7 +63,7 @@ def main(argv: list[str] | None = None) -> list:
         images = torch.stack([test_dataset[int(i)][0] for i in chosen])
         with torch.no_grad():
             probs = p_fake(model(images.to(device))).cpu()
-        cams = compute_cams(model, images.to(device), torch.full((len(chosen),), c), args.method)
+        cams = compute_cams(model, images.to(device), torch.full((len(chosen),), c), model_name, args.method)
         fig, axes = new_figure(2, len(chosen), figsize=(2.6 * len(chosen), 5.4), squeeze=False)
         for k in range(len(chosen)):
             axes[0, k].imshow(to_display(images[k], norm))
@@ -76,8 +71,8 @@ def main(argv: list[str] | None = None) -> list:
             axes[1, k].imshow(overlay(images[k], cams[k], norm))
             for ax in axes[:, k]:
                 ax.axis("off")
-        fig.suptitle(f"{args.method} of {inputs.model_name} on {inputs.dataset_name}: {cls} test images (target class: {cls})")
-        prefix = run_name(inputs.dataset_name, inputs.model_name)
+        fig.suptitle(f"{args.method} of {model_name} on {inputs.dataset_name}: {cls} test images (target class: {cls})")
+        prefix = run_name(inputs.dataset_name, model_name)
         written.append(save_figure(fig, args.figures_dir / f"{prefix}_{cls.capitalize()}_Image_{suffix}.png"))
     return written
 

@@ -5,6 +5,10 @@ analysis scripts (numerical_analysis.py).
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 from scipy.interpolate import interp1d
 from scipy.optimize import brentq
@@ -88,6 +92,95 @@ def youden_threshold(labels: np.ndarray, fake_scores: np.ndarray) -> float:
     """The threshold maximising Youden's J = TPR - FPR (the ROC point farthest above chance)."""
     fpr, tpr, thresholds = metrics.roc_curve(labels, fake_scores)
     return float(min(thresholds[int(np.argmax(tpr - fpr))], 1.0))
+
+
+# ---- decision thresholds that travel: chosen on real faces at a stated false-alarm rate --------------------------------
+DEFAULT_FAR = 0.05  # the share of real faces a shipped threshold may call fake, on each source it was chosen on
+VERDICTS = ("real", "uncertain", "fake")
+
+
+def real_far_threshold(real_scores: Sequence[float], far: float) -> float:
+    """The lowest threshold on P(fake) at which at most `far` of these real faces score at or above it (are called
+    fake): with k = floor(far * n) false alarms allowed, the midpoint between the (k+1)-th highest score, which must
+    stay below, and the next higher distinct score. Ties are never split: all tied reals stay on the same side, so
+    fewer than k may be flagged. far >= 1 flags every face (the lowest score); no score above the (k+1)-th: just above it."""
+    scores = np.sort(np.asarray(real_scores, dtype=float))[::-1]
+    if scores.size == 0:
+        raise ValueError("no real-face score to choose a threshold on")
+    if not 0 <= far <= 1 or math.isnan(far):
+        raise ValueError(f"the false-alarm rate must be in [0, 1], got {far}")
+    k = int(math.floor(far * scores.size + 1e-9))
+    if k >= scores.size:
+        return float(scores[-1])
+    kept_below = scores[k]
+    higher = scores[scores > kept_below]
+    if higher.size == 0:
+        return float(np.nextafter(kept_below, np.inf))
+    return float((kept_below + higher.min()) / 2)
+
+
+def per_source_far_threshold(real_scores_by_source: Sequence[Sequence[float]], far: float) -> float:
+    """The threshold that at most `far` of the real faces of *each* source reach: the highest of the per-source ones
+    (a pooled rate would let the largest source hide a smaller one that fires far more often)."""
+    if not real_scores_by_source:
+        raise ValueError("no source of real faces to choose a threshold on")
+    return max(real_far_threshold(scores, far) for scores in real_scores_by_source)
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A decision threshold on P(fake) and how it was chosen; with a band (lo, hi) around it, scores in [lo, hi) are
+    'uncertain' instead of a verdict the data cannot back (a score >= hi is fake, < lo real)."""
+
+    value: float
+    source: str
+    band: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.band is not None and not self.band[0] <= self.value <= self.band[1]:
+            raise ValueError(f"the uncertain band {self.band} does not hold the threshold {self.value}")
+
+    def binary(self, score: float) -> str:
+        """'fake' at or above the threshold, else 'real' (what accuracy is measured at)."""
+        return "fake" if score >= self.value else "real"
+
+    def verdict(self, score: float) -> str:
+        """real, uncertain or fake: the band when there is one, else the threshold alone."""
+        if self.band is None:
+            return self.binary(score)
+        lo, hi = self.band
+        return "fake" if score >= hi else "real" if score < lo else "uncertain"
+
+    def describe(self) -> str:
+        text = f"{self.value:.3f} ({self.source})"
+        if self.band is not None:
+            text += f"; uncertain from {self.band[0]:.3f} to {self.band[1]:.3f}"
+        return text
+
+    def to_entry(self) -> dict:
+        return {"value": self.value, "source": self.source, "band": None if self.band is None else list(self.band)}
+
+    @classmethod
+    def from_entry(cls, entry: object) -> Threshold:
+        """From a checkpoint's or fused detector's 'threshold' entry; without one, 0.5 says so (and why, when the
+        entry carries a warning) in its source."""
+        if isinstance(entry, dict) and entry.get("value") is not None:
+            band = entry.get("band")
+            return cls(float(entry["value"]), str(entry.get("source", "checkpoint")),
+                       None if band is None else (float(band[0]), float(band[1])))
+        why = entry.get("warning") if isinstance(entry, dict) else None
+        return cls(0.5, f"default 0.5: {why or 'the file stores no threshold'}")
+
+
+def real_face_threshold(real_scores_by_source: Sequence[Sequence[float]], far: float = DEFAULT_FAR,
+                        what: str = "validation real faces") -> Threshold:
+    """The threshold at false-alarm rate `far` on each source of real faces, with the uncertain band between the
+    thresholds at twice and half that rate (2 far of the reals reach its lower edge, far / 2 its upper one)."""
+    value = per_source_far_threshold(real_scores_by_source, far)
+    lo = per_source_far_threshold(real_scores_by_source, min(1.0, 2 * far))
+    hi = per_source_far_threshold(real_scores_by_source, far / 2)
+    sizes = " + ".join(str(len(s)) for s in real_scores_by_source)
+    return Threshold(value, f"at most {100 * far:g} % of {what} ({sizes}) called fake", (min(lo, value), max(hi, value)))
 
 
 def _logit(p: np.ndarray) -> np.ndarray:

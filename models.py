@@ -2,33 +2,27 @@
 
     python models.py            # prints every model's parameter count (no weights needed)
 
-MODEL_SPECS maps each CLI name to its builder, the input normalisation and image size it expects, whether ImageNet
-weights exist for it, and its Grad-CAM target layer; checkpoints record the name, so every script rebuilds the model.
+MODEL_SPECS maps each CLI name to its builder (whose explicit keyword arguments are the options the model takes), the
+input normalisation and image size it expects, and its Grad-CAM target layer; checkpoints record the name, so the
+loader (detector.py) rebuilds the model. The score every metric, threshold and verdict uses is p_fake.
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models import ResNet50_Weights, resnet50
 
-from bonus_model import BonusNet
-from checkpoints import checkpoint_model_name, load_weights, read_checkpoint
 from common import IMAGE_SIZE
-from mesonet import MESONET_IMAGE_SIZE, MESONET_NORM, Meso4, MesoInception4, is_keras_file, keras_checkpoint
+from mesonet import MESONET_IMAGE_SIZE, MESONET_NORM, Meso4, MesoInception4
+from normalization import ASSIGNMENT_NORM, IMAGENET_NORM, Normalization
 from pretrained import efficientnet_lite_key_map, efficientnet_lite_weight_file, read_state_dict, resolve_pretrained_weights
-from utils import (
-    ASSIGNMENT_NORM,
-    IMAGENET_NORM,
-    Normalization,
-    UserError,
-    get_nof_params,
-)
+from utils import UserError, get_nof_params
 from xception import FEATURE_DIM, build_xception_backbone
 
 RESNET50_FILES = ("resnet50-11ad3fa6.pth", "resnet50-0676ba61.pth")
@@ -66,6 +60,40 @@ class SimpleNet(nn.Module):
         x = F.relu(self.fc1(x))
         x = F.relu(self.fc2(x))
         return self.fc3(x)
+
+
+def _separable(in_ch: int, out_ch: int, stride: int) -> nn.Sequential:
+    """Depthwise 3x3 (stride) + pointwise 1x1, each with BatchNorm, ReLU after."""
+    return nn.Sequential(
+        nn.Conv2d(in_ch, in_ch, 3, stride, 1, groups=in_ch, bias=False),
+        nn.BatchNorm2d(in_ch),
+        nn.Conv2d(in_ch, out_ch, 1, bias=False),
+        nn.BatchNorm2d(out_ch),
+        nn.ReLU(inplace=True),
+    )
+
+
+class BonusNet(nn.Module):
+    """The bonus detector (bonus_model.py): stem 3->16 (stride 2), five depthwise-separable blocks down to 1/64,
+    global average pool, dropout, linear 128->2; 27,826 parameters.
+
+    Designed for artefacts rather than semantics: a face swap leaves seams, blur and colour shifts, a GAN periodic
+    upsampling traces; all are local, so a narrow stack of separable blocks with BatchNorm and global pooling sees
+    enough, and no large fully connected layer is needed (SimpleNet spends 98 % of its 16.9 M parameters in fc1).
+    """
+
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 48, 64, 96, 128), dropout: float = 0.2):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 2, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        self.blocks = nn.Sequential(*[_separable(a, b, 2) for a, b in zip(widths[:-1], widths[1:])])
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(widths[-1], 2))
+
+    def cam_layer(self) -> nn.Module:
+        """Grad-CAM target: the last separable block."""
+        return self.blocks[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)))
 
 
 def mlp_head() -> nn.Sequential:
@@ -130,41 +158,84 @@ def get_efficientnet_lite_model(variant: str, pretrained: bool = True, freeze_ba
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """How to build a zoo model and what it expects."""
+    """How to build a zoo model and what it expects. `build` takes only the options the model has (its explicit
+    keyword arguments among MODEL_OPTIONS); build_model refuses any other."""
 
-    build: Callable[..., nn.Module]  # build(pretrained=..., image_size=..., weights=..., freeze_backbone=...)
+    build: Callable[..., nn.Module]
     norm: Normalization = ASSIGNMENT_NORM
     image_size: int = IMAGE_SIZE
-    imagenet: bool = False  # ImageNet weights exist (--no-pretrained / --weights / --freeze-backbone / --backbone-lr-scale apply)
     cam_layer: Callable[[nn.Module], nn.Module] | None = None
     head: tuple[str, ...] = ()  # parameter-name prefixes of the new 2-output head (--backbone-lr-scale keeps them at --lr)
 
+    @property
+    def options(self) -> frozenset[str]:
+        """The build options this model takes (image_size, pretrained, weights, freeze_backbone)."""
+        return frozenset(inspect.signature(self.build).parameters) & MODEL_OPTIONS
+
+    @property
+    def imagenet(self) -> bool:
+        """ImageNet weights exist for it (--no-pretrained, --freeze-backbone and --backbone-lr-scale apply)."""
+        return "pretrained" in self.options
+
+
+MODEL_OPTIONS = frozenset({"image_size", "pretrained", "weights", "freeze_backbone"})
+
+
+def _simplenet(image_size: int) -> nn.Module:
+    return SimpleNet(image_size)
+
+
+def _xception_based(pretrained: bool, weights: Path | None, freeze_backbone: bool) -> nn.Module:
+    return get_xception_based_model(pretrained, weights, freeze_backbone)
+
+
+def _resnet50(pretrained: bool, weights: Path | None, freeze_backbone: bool) -> nn.Module:
+    return get_resnet50_model(pretrained, weights, freeze_backbone)
+
+
+def _lite0(pretrained: bool, freeze_backbone: bool) -> nn.Module:
+    return get_efficientnet_lite_model("lite0", pretrained, freeze_backbone)
+
+
+def _lite2(pretrained: bool, freeze_backbone: bool) -> nn.Module:
+    return get_efficientnet_lite_model("lite2", pretrained, freeze_backbone)
+
+
+def _meso4(image_size: int) -> nn.Module:
+    return Meso4(image_size)
+
+
+def _meso_inception4(image_size: int) -> nn.Module:
+    return MesoInception4(image_size)
+
+
+def _bonus() -> nn.Module:
+    return BonusNet()
+
 
 MODEL_SPECS: dict[str, ModelSpec] = {
-    "SimpleNet": ModelSpec(lambda image_size=IMAGE_SIZE, **_: SimpleNet(image_size=image_size),
-                           cam_layer=lambda m: m.conv3),
-    "XceptionBased": ModelSpec(lambda pretrained=True, weights=None, freeze_backbone=False, **_: get_xception_based_model(
-        pretrained, weights, freeze_backbone), imagenet=True, cam_layer=lambda m: m.conv4,  # the exit flow's last conv
-        head=("fc.",)),
-    "ResNet50": ModelSpec(lambda pretrained=True, weights=None, freeze_backbone=False, **_: get_resnet50_model(
-        pretrained, weights, freeze_backbone), norm=IMAGENET_NORM, image_size=224, imagenet=True,
-        cam_layer=lambda m: m.layer4[-1], head=("fc.",)),
+    "SimpleNet": ModelSpec(_simplenet, cam_layer=lambda m: m.conv3),
+    "XceptionBased": ModelSpec(_xception_based, cam_layer=lambda m: m.conv4, head=("fc.",)),  # the exit flow's last conv
+    "ResNet50": ModelSpec(_resnet50, norm=IMAGENET_NORM, image_size=224, cam_layer=lambda m: m.layer4[-1], head=("fc.",)),
     # bn2 = conv_head + BatchNorm + ReLU6: the last layer that keeps a spatial layout (7x7 at 224 px)
-    "EfficientNetLite0": ModelSpec(lambda pretrained=True, freeze_backbone=False, **_: get_efficientnet_lite_model(
-        "lite0", pretrained, freeze_backbone), norm=IMAGENET_NORM, image_size=224, imagenet=True, cam_layer=lambda m: m.bn2,
-        head=("classifier.",)),
-    "EfficientNetLite2": ModelSpec(lambda pretrained=True, freeze_backbone=False, **_: get_efficientnet_lite_model(
-        "lite2", pretrained, freeze_backbone), norm=IMAGENET_NORM, image_size=260, imagenet=True, cam_layer=lambda m: m.bn2,
-        head=("classifier.",)),
+    "EfficientNetLite0": ModelSpec(_lite0, norm=IMAGENET_NORM, image_size=224, cam_layer=lambda m: m.bn2,
+                                   head=("classifier.",)),
+    "EfficientNetLite2": ModelSpec(_lite2, norm=IMAGENET_NORM, image_size=260, cam_layer=lambda m: m.bn2,
+                                   head=("classifier.",)),
     # the published MesoNet detectors: random init here; their authors' Keras weights load from the .h5 (mesonet.py)
-    "Meso4": ModelSpec(lambda image_size=MESONET_IMAGE_SIZE, **_: Meso4(image_size), norm=MESONET_NORM,
-                       image_size=MESONET_IMAGE_SIZE, cam_layer=lambda m: m.cam_layer()),
-    "MesoInception4": ModelSpec(lambda image_size=MESONET_IMAGE_SIZE, **_: MesoInception4(image_size), norm=MESONET_NORM,
-                                image_size=MESONET_IMAGE_SIZE, cam_layer=lambda m: m.cam_layer()),
-    "Bonus": ModelSpec(lambda **_: BonusNet(), cam_layer=lambda m: m.cam_layer()),
+    "Meso4": ModelSpec(_meso4, norm=MESONET_NORM, image_size=MESONET_IMAGE_SIZE, cam_layer=lambda m: m.cam_layer()),
+    "MesoInception4": ModelSpec(_meso_inception4, norm=MESONET_NORM, image_size=MESONET_IMAGE_SIZE,
+                                cam_layer=lambda m: m.cam_layer()),
+    "Bonus": ModelSpec(_bonus, cam_layer=lambda m: m.cam_layer()),
 }
 MODEL_NAMES = tuple(MODEL_SPECS)
 PRETRAINED_MODELS = tuple(name for name, spec in MODEL_SPECS.items() if spec.imagenet)
+OPTION_FLAGS = {"weights": "--weights", "freeze_backbone": "--freeze-backbone", "pretrained": "--no-pretrained"}
+
+
+def models_taking(option: str) -> tuple[str, ...]:
+    """The models whose builder takes `option` (for the flag checks of train_main.py)."""
+    return tuple(name for name, spec in MODEL_SPECS.items() if option in spec.options)
 
 
 def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -178,64 +249,47 @@ def p_fake(logits: torch.Tensor) -> torch.Tensor:
     return class_probabilities(logits)[:, 1]
 
 
-def build_model(name: str, pretrained: bool = True, image_size: int = IMAGE_SIZE, **kwargs: Any) -> nn.Module:
-    """Build a model by its CLI name; `pretrained`, `weights` and `freeze_backbone` apply to the ImageNet backbones.
-
-    The model carries its name and input normalisation (model.model_name, model.normalization).
-    """
+def build_model(name: str, *, image_size: int | None = None, pretrained: bool | None = None,
+                weights: Path | None = None, freeze_backbone: bool | None = None) -> nn.Module:
+    """Build a model by its CLI name with the options it takes; an option given (not None) that the model does not
+    take is a UserError naming its flag, never silently dropped. image_size is the input size: models that do not
+    depend on it (global pooling) ignore it, the others are built for it (default: the model's own)."""
     if name not in MODEL_SPECS:
         raise UserError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
     spec = MODEL_SPECS[name]
-    model = spec.build(pretrained=pretrained, image_size=image_size, **kwargs)
-    model.model_name = name
-    model.normalization = spec.norm
-    return model
+    given = {"pretrained": pretrained, "weights": weights, "freeze_backbone": freeze_backbone}
+    for option, value in given.items():
+        if value is not None and option not in spec.options:
+            raise UserError(f"{OPTION_FLAGS[option]} does not apply to {name}; it applies to "
+                            f"{', '.join(models_taking(option))}")
+    kwargs = {option: value for option, value in given.items() if value is not None}
+    if "image_size" in spec.options:
+        kwargs["image_size"] = spec.image_size if image_size is None else image_size
+    if "pretrained" in spec.options:
+        kwargs.setdefault("pretrained", True)
+    for option in spec.options - kwargs.keys():  # the builder's own defaults are written here, not hidden in it
+        kwargs[option] = {"weights": None, "freeze_backbone": False}[option]
+    return spec.build(**kwargs)
 
 
-def cam_target_layer(model: nn.Module) -> nn.Module:
-    """The layer Grad-CAM looks at: the last convolutional block, whose maps still keep a spatial layout."""
-    spec = MODEL_SPECS.get(getattr(model, "model_name", ""))
-    if spec is not None and spec.cam_layer is not None:
-        return spec.cam_layer(model)
-    if isinstance(model, SimpleNet):
-        return model.conv3
-    if hasattr(model, "cam_layer"):
-        return model.cam_layer()
-    raise TypeError(f"no Grad-CAM target layer is known for {type(model).__name__}")
+def build_untrained(name: str, image_size: int | None = None) -> nn.Module:
+    """A model of `name` with random weights (to load a checkpoint into, or to count parameters): never downloads."""
+    return build_model(name, image_size=image_size, pretrained=False if MODEL_SPECS[name].imagenet else None)
 
 
-def load_model_from_checkpoint(
-    path: str | Path, device: torch.device | str = "cpu", expected_model: str | None = None, advice: str | None = None,
-    into: nn.Module | None = None,
-) -> tuple[nn.Module, dict]:
-    """The one checkpoint loader: a ready model from a checkpoint of train_main.py (or a bare {'model': state_dict} of
-    the assignment, or the MesoNet authors' Keras .h5 file), in eval mode on `device`, carrying its weights,
-    normalisation (model.normalization), input size (model.image_size), decision threshold (model.decision_threshold)
-    and name (model.model_name); returned with the checkpoint dict (run record, framing).
-
-    With `into`, the weights go into that model as it is (train_main.py --init-from) instead of a new one. Raises a
-    UserError when the file is missing, unreadable, unsafe, or holds another architecture than `expected_model`
-    (`advice` replaces the "pass -m" hint), and a WeightsMismatch when its weights do not fit.
-    """
-    ckpt = keras_checkpoint(path) if is_keras_file(path) else read_checkpoint(path, device)
-    name = checkpoint_model_name(ckpt, path, expected_model, advice)
-    if into is not None:
-        return load_weights(into, ckpt, path, name), ckpt
-    kwargs = {k: v for k, v in dict(ckpt.get("model_kwargs", {})).items() if k in ("image_size",)}
-    model = load_weights(build_model(name, pretrained=False, **kwargs), ckpt, path, name)  # sets its normalisation
-    model.image_size = checkpoint_image_size(ckpt)
-    return model.to(device).eval(), ckpt
-
-
-def checkpoint_image_size(ckpt: dict) -> int:
-    """The input size a loaded checkpoint was trained at (the assignment's 256 for bare state dicts)."""
-    return int(ckpt.get("model_kwargs", {}).get("image_size", IMAGE_SIZE))
+def cam_target_layer(model: nn.Module, name: str) -> nn.Module:
+    """The layer Grad-CAM looks at for model `name`: the last convolutional block, whose maps keep a spatial layout."""
+    spec = MODEL_SPECS.get(name)
+    if spec is None or spec.cam_layer is None:
+        raise UserError(f"no Grad-CAM target layer is known for {name}" + (
+            " (a fused detector: run Grad-CAM on one of its members)" if name == "Fused" else ""))
+    return spec.cam_layer(model)
 
 
 def main() -> None:
     """Print parameter counts, for the report's questions on model size."""
     for name in MODEL_NAMES:
-        print(f"{name:17s} {get_nof_params(build_model(name, pretrained=False)):>12,d} parameters")
+        print(f"{name:17s} {get_nof_params(build_untrained(name)):>12,d} parameters")
     print(f"{'Xception':17s} {get_nof_params(build_xception_backbone(pretrained=False)):>12,d} parameters (1000-class fc)")
     print(f"the MLP head adds {mlp_head_extra_params():,d} parameters over Xception's fc")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from sklearn import metrics
 
-from analysis import add_analysis_args, get_soft_scores_and_true_labels, load_analysis_inputs
+from analysis import add_analysis_args, analysis_inputs_from_flags, get_soft_scores_and_true_labels
 from common import run_name
 from faces_dataset import dataset_sources, load_dataset
 from metrics import (
@@ -37,9 +37,9 @@ from utils import (
     UserError,
     atomic_write_json,
     cli_main,
-    model_normalization,
     new_figure,
     positive_int,
+    probability,
     save_figure,
 )
 
@@ -90,21 +90,26 @@ def per_video_metrics(sources: list[str], labels: np.ndarray, fake_scores: np.nd
     return {"n_videos": len(videos), "n_fake_videos": int(video_labels.sum()), "by_aggregate": by_aggregate}
 
 
+THRESHOLD_RULES = ("checkpoint", "val-eer", "val-youden")
+
+
 def threshold_arg(text: str) -> str | float:
-    """--threshold: a probability, or 'val-eer' / 'val-youden' (chosen on the validation split)."""
-    if text in ("val-eer", "val-youden"):
+    """--threshold: a probability, 'checkpoint' (the threshold saved with it) or 'val-eer' / 'val-youden' (chosen on
+    the validation split)."""
+    if text in THRESHOLD_RULES:
         return text
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be val-eer, val-youden or a probability in [0, 1], got {text}")
-    return value
+    try:
+        return probability(text)
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(f"must be {', '.join(THRESHOLD_RULES)} or a probability in [0, 1], got {text}") from err
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_analysis_args(p, MODEL_NAMES)
-    p.add_argument("--threshold", type=threshold_arg, default="val-eer", help="second operating point, beside 0.5: "
-                   "val-eer, val-youden (both chosen on the validation split) or a probability (default: %(default)s)")
+    p.add_argument("--threshold", type=threshold_arg, default="checkpoint", help="second operating point, beside 0.5: "
+                   "checkpoint (the one saved with it: for train_main.py runs, what at most 5 %% of the validation real "
+                   "faces reach), val-eer, val-youden (chosen on the validation split) or a probability (default: %(default)s)")
     p.add_argument("--calibrate", action="store_true", help="fit temperature scaling on the validation split and "
                    "report the calibration error before and after")
     p.add_argument("--bootstrap", type=positive_int, default=1000, help="bootstrap resamples for the 95%% intervals "
@@ -115,8 +120,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @cli_main
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    inputs = load_analysis_inputs(args)
+    inputs = analysis_inputs_from_flags(args)
     model, test_dataset, device = inputs.model, inputs.dataset, inputs.device
+    detector = inputs.detector
     real_scores, fake_scores, labels = get_soft_scores_and_true_labels(test_dataset, model, args.batch_size, device,
                                                                        not args.no_progress, args.num_workers)
     if len(np.unique(labels)) < 2:
@@ -126,17 +132,19 @@ def main(argv: list[str] | None = None) -> dict:
     # the test split's class ratio may differ from training's: also report accuracy at a threshold chosen on the
     # validation split (by default the EER threshold the checkpoint stores), and bootstrap intervals of AUC and EER
     val_scores = val_labels = None
-    if args.threshold == "val-youden" or args.calibrate:
-        val = load_dataset(inputs.dataset_name, "val", args.data_root, model.image_size, args.limit, model_normalization(model),
-                           catalog=args.catalog)
+    if args.threshold in ("val-eer", "val-youden") or args.calibrate:
+        val = load_dataset(inputs.dataset_name, "val", args.data_root, detector.image_size, args.limit,
+                           detector.normalization, catalog=args.catalog)
         _, val_scores, val_labels = get_soft_scores_and_true_labels(val, model, args.batch_size, device,
                                                                     not args.no_progress, args.num_workers)
         if len(np.unique(val_labels)) < 2:
-            wanted = "--calibrate" if args.calibrate else "--threshold val-youden"
+            wanted = "--calibrate" if args.calibrate else f"--threshold {args.threshold}"
             raise UserError(f"{wanted} is fitted on the validation split, which holds only "
                             f"{'real' if val_labels[0] == 0 else 'fake'} images; it needs both classes")
-    if args.threshold == "val-eer":
-        value, source = model.decision_threshold
+    if args.threshold == "checkpoint":
+        value, source = detector.threshold.value, detector.threshold.source
+    elif args.threshold == "val-eer":
+        value, source = equal_error_rate(val_labels, val_scores)[1], "validation EER"
     elif args.threshold == "val-youden":
         value, source = youden_threshold(val_labels, val_scores), "validation Youden J"
     else:
@@ -154,13 +162,13 @@ def main(argv: list[str] | None = None) -> dict:
     sources = dataset_sources(test_dataset)
     if sources is not None:  # frames of videos (a catalog): one score per video, as DeepfakeBench reports beside frames
         result["video"] = per_video_metrics(sources, labels, fake_scores, value)
-    result.update(model=inputs.model_name, dataset=inputs.dataset_name, checkpoint=str(args.checkpoint_path))
-    prefix = run_name(inputs.dataset_name, inputs.model_name)
+    result.update(model=detector.name, dataset=inputs.dataset_name, checkpoint=str(args.checkpoint_path))
+    prefix = run_name(inputs.dataset_name, detector.name)
     plot_roc_and_det(
-        labels, {name: (real_scores, fake_scores)[i] for name, i in SCORE_GROUPS.items()}, f"{inputs.model_name} on {inputs.dataset_name}",
+        labels, {name: (real_scores, fake_scores)[i] for name, i in SCORE_GROUPS.items()}, f"{detector.name} on {inputs.dataset_name}",
         args.figures_dir / f"{prefix}_roc_curve.png", args.figures_dir / f"{prefix}_det_curve.png",
     )
-    plot_reliability(bins, f"Reliability: {inputs.model_name} on {inputs.dataset_name} (ECE {result['ece']:.3f})",
+    plot_reliability(bins, f"Reliability: {detector.name} on {inputs.dataset_name} (ECE {result['ece']:.3f})",
                      args.figures_dir / f"{prefix}_reliability.png")
     atomic_write_json(args.figures_dir / f"{prefix}_metrics.json", result)
     ci = result["ci95"]

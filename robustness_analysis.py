@@ -27,23 +27,21 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
-from analysis import add_analysis_args, get_soft_scores_and_true_labels, load_analysis_inputs
+from analysis import AnalysisInputs, add_analysis_args, analysis_inputs_from_flags, get_soft_scores_and_true_labels
 from attacks import CORRUPTIONS, Corruption, attack_batch, cw_attack
 from common import DEFAULT_PGD_STEPS, ROBUSTNESS_EPSILONS, run_name
 from faces_dataset import dataset_labels, load_dataset
 from metrics import safe_auc
 from models import MODEL_NAMES, p_fake
+from normalization import Normalization, denormalize, normalize
 from utils import (
     UserError,
     atomic_write_json,
     cli_main,
     comma_choices,
-    denormalize,
     make_loader,
-    model_normalization,
     new_figure,
     non_negative_int,
-    normalize,
     positive_int,
     read_json_list,
     sample_batch,
@@ -52,22 +50,21 @@ from utils import (
 
 
 def evaluate_under_attack(
-    model: nn.Module, dataset: Dataset, attack: str, eps: float, steps: int, alpha: float | None, batch_size: int,
-    device: torch.device, seed: int, progress: bool = True, num_workers: int | None = None,
+    model: nn.Module, norm: Normalization, dataset: Dataset, attack: str, eps: float, steps: int, alpha: float | None,
+    batch_size: int, device: torch.device, seed: int, progress: bool = True, num_workers: int | None = None,
 ) -> dict:
     """Accuracy (%), AUC and the fake->real evasion rate (%) on `dataset` attacked (untargeted) with budget eps.
 
-    Scores are P(fake) (softmax output 1), pixels are undone and redone with the model's own normalisation.
+    Scores are P(fake) (softmax output 1), pixels are undone and redone with the model's normalisation `norm`.
     """
     torch.manual_seed(seed)
-    norm = model_normalization(model)
     scores, labels = [], []
     desc = f"{attack} eps={eps * 255:.0f}/255"
     loader = make_loader(dataset, batch_size, False, device, num_workers)
     for images, y in tqdm(loader, desc=desc, leave=False, disable=not progress):
         x01, y = denormalize(images.to(device), norm), y.to(device)
         if eps > 0:
-            x01 = attack_batch(attack, model, x01, y, eps=eps, alpha=alpha, steps=steps)
+            x01 = attack_batch(attack, model, x01, y, eps=eps, alpha=alpha, steps=steps, norm=norm)
         with torch.no_grad():
             scores.append(p_fake(model(normalize(x01, norm))).cpu())
         labels.append(y.cpu())
@@ -81,10 +78,10 @@ def evaluate_under_attack(
     }
 
 
-def cw_summary(model: nn.Module, images01: torch.Tensor, labels: torch.Tensor, steps: int, search: int) -> dict:
+def cw_summary(model: nn.Module, norm: Normalization, images01: torch.Tensor, labels: torch.Tensor, steps: int,
+               search: int) -> dict:
     """C&W L2 on a few images: success rate (%) and the median / mean L2 of the successful perturbations."""
-    adv = cw_attack(model, images01, labels, steps=steps, binary_search_steps=search)
-    norm = model_normalization(model)
+    adv = cw_attack(model, images01, labels, steps=steps, binary_search_steps=search, norm=norm)
     with torch.no_grad():
         clean_right = model(normalize(images01, norm)).argmax(1) == labels
         fooled = model(normalize(adv, norm)).argmax(1) != labels
@@ -123,16 +120,18 @@ def plot_curves(result: dict, overlays: list[dict], title: str, path: Path) -> P
     return save_figure(fig, path)
 
 
-def evaluate_corruptions(model: nn.Module, args: argparse.Namespace, device: torch.device) -> dict[str, list[dict]]:
-    """AUC and accuracy at 0.5 per family and severity, each distortion applied before the model's transform."""
-    results = {}
-    for family in args.corruptions:
+def evaluate_corruptions(inputs: AnalysisInputs, families: list[str], data_root: Path, catalog: Path | None,
+                         limit: int | None, batch_size: int, progress: bool = True,
+                         num_workers: int | None = None) -> dict[str, list[dict]]:
+    """AUC and accuracy at 0.5 per family and severity, each distortion applied before the detector's transform."""
+    detector, results = inputs.detector, {}
+    for family in families:
         rows = []
         for severity in CORRUPTIONS[family]:
-            data = load_dataset(args.dataset, "test", args.data_root, model.image_size, args.limit, model_normalization(model),
-                                pixel_transform=Corruption(family, severity), catalog=args.catalog)
-            _, scores, labels = get_soft_scores_and_true_labels(data, model, args.batch_size, device, not args.no_progress,
-                                                                args.num_workers)
+            data = load_dataset(inputs.dataset_name, "test", data_root, detector.image_size, limit, detector.normalization,
+                                pixel_transform=Corruption(family, severity), catalog=catalog)
+            _, scores, labels = get_soft_scores_and_true_labels(data, detector.module, batch_size, inputs.device, progress,
+                                                                num_workers)
             rows.append({"severity": severity, "auc": safe_auc(labels, scores),
                          "accuracy": float(100 * ((scores >= 0.5) == labels).mean())})
             print(f"{family:6s} {severity:>5g}: accuracy {rows[-1]['accuracy']:6.2f}%  AUC {rows[-1]['auc']}")
@@ -168,11 +167,10 @@ def plot_corruptions(result: dict, overlays: list[dict], title: str, path: Path)
     return save_figure(fig, path)
 
 
-def plot_examples(model: nn.Module, images01: torch.Tensor, labels: torch.Tensor, eps: float, steps: int, title: str,
-                  path: Path) -> Path:
+def plot_examples(model: nn.Module, norm: Normalization, images01: torch.Tensor, labels: torch.Tensor, eps: float,
+                  steps: int, title: str, path: Path) -> Path:
     """Rows: clean image, PGD adversarial image, perturbation amplified to the full range; titles carry P(fake)."""
-    adv = attack_batch("pgd", model, images01, labels, eps=eps, steps=steps)
-    norm = model_normalization(model)
+    adv = attack_batch("pgd", model, images01, labels, eps=eps, steps=steps, norm=norm)
     with torch.no_grad():
         p_clean = p_fake(model(normalize(images01, norm))).cpu()
         p_adv = p_fake(model(normalize(adv, norm))).cpu()
@@ -232,18 +230,16 @@ def load_overlays(paths: list[Path]) -> list[dict]:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     overlays = load_overlays(args.overlay)
-    inputs = load_analysis_inputs(args)
+    inputs = analysis_inputs_from_flags(args)
     model, test_dataset, device = inputs.model, inputs.dataset, inputs.device
-    # the resolved names (on a copy: the caller's args are left as they were)
-    args = argparse.Namespace(**{**vars(args), "model": inputs.model_name, "dataset": inputs.dataset_name})
-    norm = model_normalization(model)
-    name = run_name(args.dataset, args.model, tag=args.tag or "")
-    result: dict = {"model": args.model, "dataset": args.dataset, "checkpoint": str(args.checkpoint_path), "tag": args.tag,
+    norm, model_name, dataset_name = inputs.detector.normalization, inputs.detector.name, inputs.dataset_name
+    name = run_name(dataset_name, model_name, tag=args.tag or "")
+    result: dict = {"model": model_name, "dataset": dataset_name, "checkpoint": str(args.checkpoint_path), "tag": args.tag,
                     "n_test": len(test_dataset), "pgd_steps": args.steps, "attacks": {}}
     for attack in args.attacks:
         rows = []
         for eps255 in args.epsilons:
-            r = evaluate_under_attack(model, test_dataset, attack, eps255 / 255, args.steps, args.alpha, args.batch_size,
+            r = evaluate_under_attack(model, norm, test_dataset, attack, eps255 / 255, args.steps, args.alpha, args.batch_size,
                                       device, args.seed, not args.no_progress, args.num_workers)
             rows.append({"eps_255": eps255, **r})
             print(f"{attack.upper():4s} eps {eps255:4.1f}/255: accuracy {r['accuracy']:6.2f}%  AUC "
@@ -254,29 +250,30 @@ def main(argv: list[str] | None = None) -> dict:
     fake_subset = Subset(test_dataset, np.flatnonzero(labels == 1).tolist())
     if args.attacks and args.cw_samples > 0 and len(fake_subset):
         images, y = sample_batch(fake_subset, min(args.cw_samples, len(fake_subset)), args.seed)
-        result["cw"] = cw_summary(model, denormalize(images.to(device), norm), y.to(device), args.cw_steps, args.cw_search)
+        result["cw"] = cw_summary(model, norm, denormalize(images.to(device), norm), y.to(device), args.cw_steps, args.cw_search)
         print(f"C&W L2 on {result['cw']['n_images']} fakes: success {result['cw']['success_rate']}%, "
               f"median L2 {result['cw']['median_l2']}")
     if args.corruptions:
         _, clean_scores, clean_labels = get_soft_scores_and_true_labels(test_dataset, model, args.batch_size, device,
                                                                         not args.no_progress, args.num_workers)
-        distorted = {"model": args.model, "dataset": args.dataset, "checkpoint": str(args.checkpoint_path),
+        distorted = {"model": model_name, "dataset": dataset_name, "checkpoint": str(args.checkpoint_path),
                      "tag": args.tag, "n_test": len(test_dataset), "clean_auc": safe_auc(clean_labels, clean_scores),
-                     "corruptions": evaluate_corruptions(model, args, device)}
+                     "corruptions": evaluate_corruptions(inputs, args.corruptions, args.data_root, args.catalog, args.limit,
+                                                         args.batch_size, not args.no_progress, args.num_workers)}
         atomic_write_json(args.figures_dir / f"{name}_corruptions.json", [distorted])
-        plot_corruptions(distorted, overlays, f"{args.model} on {args.dataset}" + (f" ({args.tag})" if args.tag else "")
+        plot_corruptions(distorted, overlays, f"{model_name} on {dataset_name}" + (f" ({args.tag})" if args.tag else "")
                          + ": everyday distortions", args.figures_dir / f"{name}_corruption_curves.png")
         result["corruptions"] = distorted["corruptions"]
     if not args.attacks:
         return result
 
     atomic_write_json(args.figures_dir / f"{name}_robustness.json", [result])
-    title = f"{args.model} on {args.dataset}" + (f" ({args.tag})" if args.tag else "") + f": robustness, PGD-{args.steps}"
+    title = f"{model_name} on {dataset_name}" + (f" ({args.tag})" if args.tag else "") + f": robustness, PGD-{args.steps}"
     plot_curves(result, overlays, title, args.figures_dir / f"{name}_robustness_curves.png")
     if len(fake_subset):
         images, y = sample_batch(fake_subset, min(args.n_examples, len(fake_subset)), args.seed + 1)
-        plot_examples(model, denormalize(images.to(device), norm), y.to(device), max(args.epsilons) / 255, args.steps,
-                      f"Fake test images pushed towards 'real' ({args.model}, {args.dataset})",
+        plot_examples(model, norm, denormalize(images.to(device), norm), y.to(device), max(args.epsilons) / 255, args.steps,
+                      f"Fake test images pushed towards 'real' ({model_name}, {dataset_name})",
                       args.figures_dir / f"{name}_adversarial_examples.png")
     return result
 

@@ -15,19 +15,18 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from analysis import add_analysis_args, load_analysis_inputs
+from analysis import add_analysis_args, analysis_inputs_from_flags
 from common import CLASS_NAMES, run_name
 from models import MODEL_NAMES
+from normalization import to_display
 from utils import (
     cli_main,
     frozen_eval,
     make_loader,
-    model_normalization,
     new_figure,
     positive_int,
     sample_batch,
     save_figure,
-    to_display,
 )
 
 
@@ -69,10 +68,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @cli_main
 def main(argv: list[str] | None = None) -> list:
     args = parse_args(argv)
-    inputs = load_analysis_inputs(args)
+    inputs = analysis_inputs_from_flags(args)
     model, test_dataset, device = inputs.model, inputs.dataset, inputs.device
-    norm = model_normalization(model)
-    prefix = args.figures_dir / run_name(inputs.dataset_name, inputs.model_name)
+    norm, model_name = inputs.detector.normalization, inputs.detector.name
+    prefix = args.figures_dir / run_name(inputs.dataset_name, model_name)
 
     images, labels = sample_batch(test_dataset, min(args.n_pairs, len(test_dataset)), args.seed)
     maps = compute_gradient_saliency_maps(images.to(device), labels.to(device), model).cpu()
@@ -86,7 +85,7 @@ def main(argv: list[str] | None = None) -> list:
         axes[1, i].imshow(maps[i].numpy(), cmap="hot")
         for ax in axes[:, i]:
             ax.axis("off")
-    fig.suptitle(f"{inputs.model_name} on {inputs.dataset_name}: images and their saliency maps (|grad| of the true-class score)")
+    fig.suptitle(f"{model_name} on {inputs.dataset_name}: images and their saliency maps (|grad| of the true-class score)")
     pairs = save_figure(fig, f"{prefix}_saliency_maps_and_images_pairs.png")
 
     means = mean_saliency_per_class(model, test_dataset, args.batch_size, device, not args.no_progress, args.num_workers)

@@ -52,6 +52,7 @@ from common import (
     SPLITS,
     TENSORBOARD_DIR,
 )
+from detector import load_weights_into
 from distributed import World, setup, sum_across, teardown
 from face_detection import DEFAULT_MARGIN
 from faces_dataset import (
@@ -68,11 +69,11 @@ from faces_dataset import (
     split_paths,
 )
 from landmarks import folder_landmarks
-from models import MODEL_NAMES, MODEL_SPECS, PRETRAINED_MODELS, build_model, load_model_from_checkpoint
+from models import MODEL_NAMES, MODEL_SPECS, build_model, models_taking
+from normalization import Normalization
 from self_blend import FAKE_MODES, HULLS, FakePairs, PairConcat, SelfBlendEvaluation, SelfBlendPairs
 from trainer import AdversarialConfig, LoggingParameters, Schedule, Trainer, TrainerConfig, optimizer_params_for_log
 from utils import (
-    Normalization,
     UserError,
     cli_main,
     comma_choices,
@@ -161,9 +162,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--adv-ratio must be between 0 and 1")
     if args.eps > 1:
         p.error("--eps is in [0,1] pixel units (8/255 = 0.0314); got a value outside [0,1]")
-    for flag, given in (("--weights", args.weights is not None), ("--backbone-lr-scale", args.backbone_lr_scale != 1.0)):
-        if given and args.model not in PRETRAINED_MODELS:
-            p.error(f"{flag} applies to {', '.join(PRETRAINED_MODELS)}, not {args.model}")
+    for flag, option, given in (("--weights", "weights", args.weights is not None),
+                                ("--freeze-backbone", "freeze_backbone", args.freeze_backbone),
+                                ("--no-pretrained", "pretrained", args.no_pretrained),
+                                ("--backbone-lr-scale", "pretrained", args.backbone_lr_scale != 1.0)):
+        if given and option not in MODEL_SPECS[args.model].options:  # a flag the model cannot use is never ignored
+            p.error(f"{flag} applies to {', '.join(models_taking(option))}, not {args.model}")
     if args.fakes != "dataset" and args.random_crop is not None:
         p.error(f"--random-crop does not apply to --fakes {args.fakes} (self-blended pairs are whole faces, augmented "
                 "alike; a crop would apply to one image of a pair and not the other)")
@@ -223,7 +227,7 @@ def make_optimizer(name: str, groups: list[dict], lr: float, momentum: float, we
 def init_weights(model: nn.Module, checkpoint: Path, model_name: str) -> None:
     """Load the weights of a checkpoint of the same architecture and input size into `model`."""
     try:
-        load_model_from_checkpoint(checkpoint, expected_model=model_name, into=model)
+        load_weights_into(model, checkpoint, model_name)
     except WeightsMismatch as err:
         raise UserError(f"--init-from {checkpoint} does not fit this {model_name} (was it trained at another "
                         f"--image-size?): {err.detail}") from err
@@ -302,14 +306,11 @@ def check_classes(train_ds, name: str) -> None:
 
 def make_model(args: argparse.Namespace) -> nn.Module:
     """The model of -m, from ImageNet weights where it has them (unless --no-pretrained or --init-from)."""
-    build_kwargs: dict = {}
-    if args.model in PRETRAINED_MODELS:
-        build_kwargs = {"freeze_backbone": args.freeze_backbone}
-        if args.weights is not None:
-            build_kwargs["weights"] = args.weights
+    options = MODEL_SPECS[args.model].options  # parse_args refused the flags the model cannot use
     try:
-        model = build_model(args.model, pretrained=not args.no_pretrained and args.init_from is None,
-                            image_size=args.image_size, **build_kwargs)
+        model = build_model(args.model, image_size=args.image_size,
+                            pretrained=not args.no_pretrained and args.init_from is None if "pretrained" in options else None,
+                            weights=args.weights, freeze_backbone=args.freeze_backbone if "freeze_backbone" in options else None)
     except ValueError as err:  # e.g. SimpleNet at an image size its three 7x7 conv/pool blocks cannot reduce
         raise UserError(f"{args.model} cannot be built as asked: {err}") from err
     if args.init_from is not None:
@@ -402,7 +403,7 @@ def _train(args: argparse.Namespace, world: World, device: torch.device, dataset
                                                                                         args.steps, args.adv_ratio),
         progress=not args.no_progress, model_kwargs={"image_size": args.image_size}, run_config=config,
         schedule=Schedule(args.scheduler, args.warmup_epochs, args.step_size, args.gamma), select_by=args.select_by,
-        balanced_sampler=args.balance == "sampler", world=world, tensorboard_dir=board_dir,
+        balanced_sampler=args.balance == "sampler", world=world, tensorboard_dir=board_dir, normalization=norm,
     )
     trainer = Trainer(model, optimizer, nn.CrossEntropyLoss(weight=weight), args.batch_size, train_ds, val_ds, test_ds,
                       settings)

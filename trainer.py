@@ -45,16 +45,14 @@ from checkpoints import FORMAT, read_checkpoint, save_checkpoint
 from common import CHECKPOINT_DIR, DEFAULT_ALPHA, DEFAULT_EPS, DEFAULT_PGD_STEPS, DEFAULT_SEED, OUT_DIR, run_name
 from distributed import SINGLE, ShardSampler, World, gather_in_order, sum_across, sync_buffers
 from faces_dataset import dataset_labels
-from metrics import equal_error_rate, safe_auc
+from metrics import DEFAULT_FAR, equal_error_rate, real_face_threshold, safe_auc
 from models import p_fake
+from normalization import ASSIGNMENT_NORM, Normalization, denormalize, normalize
 from utils import (
     UserError,
     atomic_write_json,
-    denormalize,
     file_lock,
     make_loader,
-    model_normalization,
-    normalize,
     parse_run_records,
     remove_stale_temp_files,
     set_seed,
@@ -103,6 +101,20 @@ def changed_settings(saved: dict, now: dict) -> str:
     'name: saved -> now' ('' when none do; settings absent from either side, as in older logs, are not compared)."""
     return ", ".join(f"{key}: {saved[key]!r} -> {now[key]!r}" for key in RESUME_FIXED
                      if key in saved and key in now and saved[key] != now[key])
+
+
+def validation_threshold(val: Evaluation, far: float = DEFAULT_FAR) -> dict | None:
+    """The decision threshold a checkpoint carries, as its entry: the P(fake) that at most `far` of the val split's
+    real faces reach (real faces are what a user's media shares with ours; the user's kind of fake is not), with its
+    uncertain band and, for reference, the val EER threshold. A val split without a real face gives no threshold but
+    an entry that says so (readers then fall back to 0.5 and tell the user why)."""
+    reals = val.scores[val.labels == 0]
+    if reals.size == 0:
+        return {"value": None, "source": None, "warning": "the validation split holds no real face, so no threshold "
+                "could be chosen on real faces; verdicts use 0.5"}
+    chosen = real_face_threshold([reals], far, "the validation split's real faces")
+    eer = equal_error_rate(val.labels, val.scores)[1] if val.auc is not None else None
+    return {**chosen.to_entry(), "rule": f"real-far:{far:g}", "eer_threshold": eer}
 
 
 def is_better(select_by: str, value: float | None, best: float | None) -> bool:
@@ -309,6 +321,8 @@ class TrainerConfig:
     """the torchrun process group (distributed.py); a single process by default"""
     tensorboard_dir: str | Path | None = None
     """also log the per-epoch numbers as TensorBoard scalars there"""
+    normalization: Normalization = ASSIGNMENT_NORM
+    """the model's input normalisation: saved in the checkpoint, and how adversarial batches undo and redo inputs"""
 
     def __post_init__(self) -> None:
         """Folders as Paths, whatever a caller passed."""
@@ -351,7 +365,7 @@ class Trainer:
         self.test_dataset = test_dataset
         self.amp = config.amp and self.device.type == "cuda"  # mixed precision in effect (CUDA only)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.norm = model_normalization(model)
+        self.norm = config.normalization
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
         self.epoch = 0  # epochs completed
         self.total_epochs = 0
@@ -495,7 +509,7 @@ class Trainer:
             "last": self.config.checkpoint_dir / f"{name}_last.pt",
         }
 
-    def _checkpoint(self, lp: LoggingParameters, record: dict, threshold: float | None) -> dict:
+    def _checkpoint(self, lp: LoggingParameters, record: dict, threshold: dict | None) -> dict:
         return {
             "model": self.module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -504,7 +518,7 @@ class Trainer:
             "model_name": lp.model_name,
             "model_kwargs": self.config.model_kwargs,
             "normalization": self.norm.to_dict(),
-            "threshold": {"value": threshold, "source": "validation EER"} if threshold is not None else None,
+            "threshold": threshold,
             "framing": self.config.run_config.get("framing"),
             "logging_parameters": asdict(lp),
             "record": record,
@@ -656,10 +670,11 @@ class Trainer:
             record["epoch_time_s"].append(round(time.perf_counter() - start, 2))
             metric = {"acc": val.accuracy, "auc": val.auc, "loss": val.loss}[self.config.select_by]
             improved = is_better(self.config.select_by, metric, record.get(f"best_val_{self.config.select_by}"))
-            threshold = equal_error_rate(val.labels, val.scores)[1] if val.auc is not None else None
+            threshold = validation_threshold(val)
             if improved:
                 record.update(best_epoch=self.epoch, best_val_acc=val.accuracy, best_val_auc=val.auc, best_val_loss=val.loss,
-                              test_acc_at_best_val=test.accuracy, test_auc_at_best_val=test.auc, threshold=threshold)
+                              test_acc_at_best_val=test.accuracy, test_auc_at_best_val=test.auc,
+                              threshold=threshold["value"] if threshold else None, threshold_entry=threshold)
             if not main:
                 continue
             auc_text = f" auc {val.auc:.4f}" if val.auc is not None else ""
@@ -673,7 +688,7 @@ class Trainer:
                 self._fresh = False
             if improved:
                 save_checkpoint(self._checkpoint(lp, record, threshold), paths["best"])
-            save_checkpoint(self._checkpoint(lp, record, record["threshold"]), paths["last"])
+            save_checkpoint(self._checkpoint(lp, record, record.get("threshold_entry")), paths["last"])
             self.write_output(lp, record)
             if board is not None:
                 log_epoch(board, record, self.epoch)

@@ -14,7 +14,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from common import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    NORM_MEAN,
-    NORM_STD,
-    WORK_DIR,
-)
+from common import WORK_DIR
 
 
 class UserError(Exception):
@@ -90,56 +83,6 @@ def set_seed(seed: int, deterministic: bool = False) -> None:
     if deterministic:
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
-
-
-@dataclass(frozen=True)
-class Normalization:
-    """A model's input normalisation: x_model = (x_pixels - mean) / std, per channel, pixels on the [0, 1] scale."""
-
-    mean: tuple[float, float, float] = NORM_MEAN
-    std: tuple[float, float, float] = NORM_STD
-
-    def to_dict(self) -> dict[str, list[float]]:
-        return {"mean": list(self.mean), "std": list(self.std)}
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> Normalization:
-        """From a checkpoint's entry; checkpoints written before models carried one used the assignment's 0.5."""
-        if not d:
-            return ASSIGNMENT_NORM
-        return cls(tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]))  # type: ignore[arg-type]
-
-
-ASSIGNMENT_NORM = Normalization(NORM_MEAN, NORM_STD)
-IMAGENET_NORM = Normalization(IMAGENET_MEAN, IMAGENET_STD)
-
-
-def model_normalization(model: nn.Module) -> Normalization:
-    """The normalisation a model expects (set by models.build_model and by checkpoint loading; 0.5 otherwise)."""
-    return getattr(model, "normalization", ASSIGNMENT_NORM)
-
-
-def _stats(images: torch.Tensor, norm: Normalization) -> tuple[torch.Tensor, torch.Tensor]:
-    m = torch.as_tensor(norm.mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    s = torch.as_tensor(norm.std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    return m, s
-
-
-def normalize(images: torch.Tensor, norm: Normalization = ASSIGNMENT_NORM) -> torch.Tensor:
-    """Map [0, 1] pixels (B,3,H,W) to the model's input scale."""
-    m, s = _stats(images, norm)
-    return (images - m) / s
-
-
-def denormalize(images: torch.Tensor, norm: Normalization = ASSIGNMENT_NORM) -> torch.Tensor:
-    """Inverse of normalize: model inputs (B,3,H,W) back to [0, 1] pixels."""
-    m, s = _stats(images, norm)
-    return images * s + m
-
-
-def to_display(image: torch.Tensor, norm: Normalization = ASSIGNMENT_NORM) -> np.ndarray:
-    """A normalised (3,H,W) model input as an (H,W,3) float32 array in [0,1], for imshow and CAM overlays."""
-    return denormalize(image[None], norm)[0].clamp(0, 1).permute(1, 2, 0).detach().cpu().numpy().astype(np.float32)
 
 
 def positive_int(text: str) -> int:
@@ -315,12 +258,28 @@ def run_lock(path: str | Path, what: str, hint: str) -> Iterator[None]:
         yield
 
 
+def json_safe(obj: Any) -> Any:
+    """`obj` with every NaN or infinite float replaced by None, so the JSON written is valid JSON (no NaN literal,
+    which strict parsers and browsers refuse) and a missing number reads as missing, not as a number."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return json_safe(obj.item())
+    return obj
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    """Write JSON to a temp file then rename it, so a crash never leaves a half-written file."""
+    """Write JSON (non-finite numbers as null, see json_safe) to a temp file then rename it, so a crash never leaves a
+    half-written file."""
+    safe = json_safe(obj)
 
     def write(tmp: str) -> None:
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
+            json.dump(safe, f, indent=2, allow_nan=False)
 
     atomic_write(path, write)
 

@@ -95,7 +95,7 @@ class BlobNet(nn.Module):
 def test_grad_cam_peaks_where_the_model_looks():
     x = torch.zeros(1, 3, 32, 32)
     x[:, :, 20:28, 4:12] = 1.0  # a bright blob bottom-left
-    cam = compute_cams(BlobNet(), x, torch.tensor([1]))
+    cam = compute_cams(BlobNet(), x, torch.tensor([1]), "SimpleNet")
     assert cam.shape == (1, 32, 32) and cam.min() >= 0 and cam.max() <= 1
     peak = np.unravel_index(cam[0].argmax(), cam[0].shape)
     assert 18 <= peak[0] < 30 and 2 <= peak[1] < 14
@@ -132,7 +132,8 @@ def test_scripts_write_their_figures(trained, demo_root, tmp_path):
     from checkpoints import read_checkpoint
 
     saved = read_checkpoint(trained)["threshold"]
-    assert result["val_threshold"] == pytest.approx(saved["value"]) and result["val_threshold_source"] == "validation EER"
+    assert result["val_threshold"] == pytest.approx(saved["value"]) and result["val_threshold_source"] == saved["source"]
+    assert saved["source"].startswith("at most 5 % of the validation split's real faces")
     youden = numerical_analysis.main(args + ["--threshold", "val-youden", "--calibrate", "--bootstrap", "20"])
     assert youden["val_threshold_source"] == "validation Youden J" and youden["temperature"] > 0
     assert 0 <= youden["ece_calibrated"] <= 1 and youden["auc"] == result["auc"]
@@ -171,12 +172,13 @@ def test_every_cam_method_name_maps_to_a_class_and_runs():
     x = torch.zeros(1, 3, 16, 16)
     x[:, :, 4:8, 4:8] = 1.0
     for method in ("gradcam++", "xgradcam", "hirescam", "layercam", "eigencam"):
-        cam = compute_cams(BlobNet(), x, torch.tensor([1]), method)
+        cam = compute_cams(BlobNet(), x, torch.tensor([1]), "SimpleNet", method)
         assert cam.shape == (1, 16, 16) and np.isfinite(cam).all()
 
 
 def test_robustness_scores_with_p_fake_and_writes_its_results(trained, demo_root, tmp_path):
     import robustness_analysis
+    from normalization import ASSIGNMENT_NORM
     from robustness_analysis import evaluate_under_attack
 
     class Knows(nn.Module):  # P(fake) high exactly for the bright class of the toy set below
@@ -186,7 +188,7 @@ def test_robustness_scores_with_p_fake_and_writes_its_results(trained, demo_root
 
     x = torch.cat([torch.full((4, 3, 8, 8), -0.6), torch.full((4, 3, 8, 8), 0.6)])
     data = torch.utils.data.TensorDataset(x, torch.tensor([0] * 4 + [1] * 4))
-    clean = evaluate_under_attack(Knows(), data, "pgd", 0.0, 1, None, 4, torch.device("cpu"), 0, False, 0)
+    clean = evaluate_under_attack(Knows(), ASSIGNMENT_NORM, data, "pgd", 0.0, 1, None, 4, torch.device("cpu"), 0, False, 0)
     assert clean == {"accuracy": 100.0, "auc": 1.0, "fake_evasion_rate": 0.0}
     result = robustness_analysis.main(common_args(trained, demo_root, tmp_path) + [
         "--epsilons", "0", "8", "--steps", "2", "--cw-samples", "2", "--cw-steps", "3", "--cw-search", "1",
@@ -262,8 +264,8 @@ def test_numerical_analysis_scores_each_video_of_a_catalog(trained, demo_root, t
     """A catalog of demo images, two frames per 'video': the video AUC equals the one computed from the frame scores."""
     import csv
 
+    from detector import load_model_from_checkpoint
     from faces_dataset import load_dataset
-    from models import load_model_from_checkpoint
 
     rows = []
     for split in ("val", "test"):
@@ -280,8 +282,9 @@ def test_numerical_analysis_scores_each_video_of_a_catalog(trained, demo_root, t
                                       "--bootstrap", "20", "--no-progress"])
     assert result["dataset"] == "catalog-clips" and result["n_samples"] == 8
     assert (tmp_path / "catalog-clips_SimpleNet_roc_curve.png").is_file()
-    model, _ = load_model_from_checkpoint(trained)
-    test = load_dataset("", "test", None, model.image_size, norm=model.normalization, catalog=catalog)
+    detector = load_model_from_checkpoint(trained)
+    model = detector.module
+    test = load_dataset("", "test", None, detector.image_size, norm=detector.normalization, catalog=catalog)
     _, frame_scores, labels = numerical_analysis.get_soft_scores_and_true_labels(test, model, 8, torch.device("cpu"),
                                                                                  False, 0)
     test_sources = [r["source"] for r in rows if r["split"] == "test"]  # 3 real + 5 fake frames -> 2 + 3 videos

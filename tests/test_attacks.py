@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from attacks import cw_attack, fgsm_attack, pgd_attack
+from normalization import denormalize, normalize
 from trainer import AdversarialConfig, LoggingParameters, Trainer
-from utils import normalize
 
 EPS = 0.06
 
@@ -126,7 +126,6 @@ def robust_toy_set(n: int, seed: int) -> torch.utils.data.TensorDataset:
 
 def pgd_accuracy(model, dataset, eps):
     x, y = dataset.tensors
-    from utils import denormalize
 
     adv = pgd_attack(model, denormalize(x), y, eps=eps, alpha=eps / 4, steps=10)
     return accuracy(model, adv, y)

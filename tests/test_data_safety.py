@@ -201,18 +201,19 @@ def test_read_catalog_drops_every_row_of_the_source_whose_last_row_was_cut(tmp_p
 
 def test_cross_eval_target_val_thresholds_are_the_eer_of_each_target_val_split(demo_root, tmp_path):
     import cross_eval
+    from detector import load_model_from_checkpoint
     from faces_dataset import load_dataset
     from metrics import equal_error_rate
-    from models import load_model_from_checkpoint
     from numerical_analysis import get_soft_scores_and_true_labels
 
     train_main.main(TRAIN + ["--data-root", str(demo_root), "--out-dir", str(tmp_path), "--checkpoint-dir", str(tmp_path)])
     ckpt = tmp_path / "fakes_dataset_Bonus_Adam.pt"
     rows = cross_eval.main(["--checkpoints", str(ckpt), "--data-roots", str(demo_root), "--out-dir", str(tmp_path),
                             "--figures-dir", str(tmp_path), "--no-progress", "--bootstrap", "10", "--threshold", "target-val"])
-    model, _ = load_model_from_checkpoint(ckpt)
+    detector = load_model_from_checkpoint(ckpt)
+    model = detector.module
     for row in rows:
-        val = load_dataset(row["test_set"], "val", demo_root, 64, norm=model.normalization)
+        val = load_dataset(row["test_set"], "val", demo_root, 64, norm=detector.normalization)
         _, scores, labels = get_soft_scores_and_true_labels(val, model, progress=False)
         assert row["threshold"] == pytest.approx(equal_error_rate(labels, scores)[1])
         assert row["threshold_source"] == f"EER on {demo_root.name}/{row['test_set']}/val"

@@ -14,11 +14,12 @@ from torch import nn
 
 import detect
 from attacks import Corruption, pgd_attack
-from checkpoints import checkpoint_threshold, read_checkpoint
+from checkpoints import read_checkpoint
 from conftest import TinyNet, separable_toy_set
 from face_detection import FaceDetector, square_box
 from faces_dataset import load_image
 from metrics import (
+    Threshold,
     bootstrap_intervals,
     confident_strategy,
     equal_error_rate,
@@ -194,10 +195,10 @@ def test_an_infinite_loss_stops_training(tmp_path):
         trainer.run(1, LP)
 
 
-def test_the_saved_threshold_is_the_validation_eer_threshold_and_zero_survives(tmp_path):
+def test_the_saved_threshold_is_chosen_on_the_validation_reals_and_zero_survives(tmp_path):
     torch.manual_seed(0)
     model = TinyNet()
-    val = separable_toy_set(20, seed=1)
+    val = separable_toy_set(40, seed=1)
     trainer = Trainer(model, torch.optim.Adam(model.parameters(), lr=0.05), nn.CrossEntropyLoss(), 8, separable_toy_set(32),
                       val, separable_toy_set(20, seed=2), num_workers=0, out_dir=tmp_path, checkpoint_dir=tmp_path,
                       progress=False)
@@ -207,9 +208,16 @@ def test_the_saved_threshold_is_the_validation_eer_threshold_and_zero_survives(t
     model.eval()
     with torch.no_grad():
         scores = torch.softmax(model(torch.stack([x for x, _ in val])), 1)[:, 1].numpy()
-    expected = equal_error_rate(np.array([int(y) for _, y in val]), scores)[1]
-    assert saved["threshold"]["value"] == pytest.approx(expected, abs=1e-6) == record["threshold"]
-    assert checkpoint_threshold({"threshold": {"value": 0.0, "source": "validation EER"}}) == (0.0, "validation EER")
+    labels = np.array([int(y) for _, y in val])
+    reals = np.sort(scores[labels == 0])[::-1]  # 20 reals: 5 % allows 1 false alarm, so the 2nd highest stays below
+    expected = (reals[1] + reals[0]) / 2
+    entry = saved["threshold"]
+    assert entry["value"] == pytest.approx(expected, abs=1e-6) == record["threshold"]
+    assert np.sum(reals >= entry["value"]) == 1 and entry["rule"] == "real-far:0.05"
+    assert entry["band"][0] == pytest.approx((reals[2] + reals[1]) / 2, abs=1e-6)  # 10 %: two reals may reach it
+    assert entry["band"][1] == pytest.approx(reals[0], abs=1e-6) and entry["band"][1] > reals[0] - 1e-7  # 2.5 %: none
+    assert entry["eer_threshold"] == pytest.approx(equal_error_rate(labels, scores)[1], abs=1e-6)
+    assert Threshold.from_entry({"value": 0.0, "source": "validation EER"}) == Threshold(0.0, "validation EER")
 
 
 # ---- decoding, attacks, analysis --------------------------------------------------------------------------------------
@@ -232,8 +240,8 @@ def test_pgd_starts_anywhere_in_the_ball_on_both_sides():
 def test_val_youden_is_chosen_on_the_validation_scores(demo_root, tmp_path, monkeypatch):
     import numerical_analysis
     import train_main
+    from detector import load_model_from_checkpoint
     from faces_dataset import load_dataset
-    from models import load_model_from_checkpoint
 
     train_main.main(["-d", "fakes_dataset", "-m", "Bonus", "-e", "1", "-b", "8", "--image-size", "64", "--data-root",
                      str(demo_root), "--out-dir", str(tmp_path), "--checkpoint-dir", str(tmp_path), "--no-progress",
@@ -243,8 +251,9 @@ def test_val_youden_is_chosen_on_the_validation_scores(demo_root, tmp_path, monk
     result = numerical_analysis.main(["-cpp", str(tmp_path / "fakes_dataset_Bonus_Adam.pt"), "-d", "fakes_dataset",
                                       "--data-root", str(demo_root), "--figures-dir", str(tmp_path / "f"), "--no-progress",
                                       "--bootstrap", "10", "--threshold", "val-youden"])
-    model, _ = load_model_from_checkpoint(tmp_path / "fakes_dataset_Bonus_Adam.pt", "cpu")
-    val = load_dataset("fakes_dataset", "val", demo_root, 64, None, model.normalization)
+    loaded = load_model_from_checkpoint(tmp_path / "fakes_dataset_Bonus_Adam.pt", "cpu")
+    model = loaded.module
+    val = load_dataset("fakes_dataset", "val", demo_root, 64, None, loaded.normalization)
     _, val_scores, val_labels = numerical_analysis.get_soft_scores_and_true_labels(val, model, progress=False)
     ((labels, scores),) = seen
     assert np.array_equal(labels, val_labels) and np.allclose(scores, val_scores)
@@ -253,7 +262,7 @@ def test_val_youden_is_chosen_on_the_validation_scores(demo_root, tmp_path, monk
 
 def test_random_crops_are_windows_of_the_image_at_its_size_and_evaluation_sees_it_whole():
     from faces_dataset import get_transforms
-    from utils import Normalization
+    from normalization import Normalization
 
     plain = Normalization((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     pixels = (np.arange(64 * 64 * 3).reshape(64, 64, 3) % 251).astype(np.uint8)

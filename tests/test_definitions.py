@@ -12,9 +12,9 @@ import train_main
 from attacks import cw_attack
 from bonus_model import BonusNet
 from grad_cam_analysis import compute_cams, get_grad_cam_visualization, overlay
+from normalization import ASSIGNMENT_NORM, IMAGENET_NORM, normalize
 from numerical_analysis import get_soft_scores_and_true_labels
 from saliency_map import compute_gradient_saliency_maps
-from utils import ASSIGNMENT_NORM, normalize
 
 
 class Linear(nn.Module):
@@ -103,7 +103,7 @@ def test_grad_cam_follows_the_requested_class():
     x = torch.zeros(1, 3, 32, 32)
     x[:, 0, 12:20, 4:10] = 1.0  # a red blob on the left
     x[:, 2, 12:20, 22:28] = 1.0  # a blue blob on the right
-    left, right = compute_cams(TwoBlobNet(), x, torch.tensor([0]))[0], compute_cams(TwoBlobNet(), x, torch.tensor([1]))[0]
+    left, right = (compute_cams(TwoBlobNet(), x, torch.tensor([c]), "SimpleNet")[0] for c in (0, 1))
     assert left[:, :16].sum() > 3 * left[:, 16:].sum()
     assert right[:, 16:].sum() > 3 * right[:, :16].sum()
 
@@ -112,7 +112,7 @@ def test_grad_cam_follows_the_requested_class():
 def test_every_cam_method_peaks_on_the_evidence(method):
     x = torch.zeros(1, 3, 32, 32)
     x[:, 2, 12:20, 22:28] = 1.0
-    cam = compute_cams(TwoBlobNet(), x, torch.tensor([1]), method)[0]
+    cam = compute_cams(TwoBlobNet(), x, torch.tensor([1]), "SimpleNet", method)[0]
     assert cam.shape == (32, 32) and np.isfinite(cam).all() and 0 <= cam.min() and cam.max() <= 1
     assert cam[12:20, 20:30].mean() > cam[:, :14].mean()
 
@@ -123,7 +123,7 @@ def test_get_grad_cam_visualization_is_the_overlay_of_that_image():
     data = torch.utils.data.TensorDataset(normalize(x.clamp(0, 1)), torch.tensor([1]))
     model = TwoBlobNet()
     vis, label = get_grad_cam_visualization(data, model, generator=torch.Generator().manual_seed(0))
-    expected = overlay(data[0][0], compute_cams(model, data[0][0][None], torch.tensor([1]))[0], ASSIGNMENT_NORM)
+    expected = overlay(data[0][0], compute_cams(model, data[0][0][None], torch.tensor([1]), "SimpleNet")[0], ASSIGNMENT_NORM)
     assert label.tolist() == [1] and vis.dtype == np.uint8 and np.array_equal(vis, expected)
     assert vis[16, 25].astype(int).sum() != vis[2, 2].astype(int).sum()  # the blob is highlighted, the corner is not
 
@@ -150,7 +150,6 @@ def test_catalog_splits_select_their_own_rows(tmp_path):
     from PIL import Image
 
     from faces_dataset import CatalogDataset
-    from utils import IMAGENET_NORM
 
     lines = ["path,source,label,split"]
     (tmp_path / "crops").mkdir()

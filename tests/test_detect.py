@@ -18,7 +18,7 @@ from checkpoints import save_checkpoint
 from face_detection import evenly_spaced_indices
 from faces_dataset import get_transforms
 from metrics import aggregate, confident_strategy
-from utils import Normalization
+from normalization import Normalization
 
 SIZE = 64
 NORM = Normalization((0.3, 0.5, 0.7), (0.2, 0.3, 0.4))  # not the default: detect.py must use the checkpoint's

@@ -15,9 +15,9 @@ import numerical_analysis
 import train_main
 from checkpoints import read_checkpoint
 from conftest import REPO
+from detector import load_model_from_checkpoint
 from distributed import ShardSampler, World, world_from_env
 from faces_dataset import load_dataset
-from models import load_model_from_checkpoint
 from trainer import TENSORBOARD_TAGS, Trainer
 
 
@@ -106,9 +106,10 @@ def test_ddp_on_two_cpu_processes_logs_whole_split_metrics_and_resumes(demo_root
     assert not any(k.startswith("module.") for k in ckpt["model"])  # loads into the bare model
 
     # the logged metrics cover the whole split: a single-process evaluation of the same weights gives them
-    model, _ = load_model_from_checkpoint(tmp_path / "fakes_dataset_Bonus_Adam_last.pt")
-    val = load_dataset("fakes_dataset", "val", demo_root, 32, norm=model.normalization)
-    test = load_dataset("fakes_dataset", "test", demo_root, 32, norm=model.normalization)
+    loaded = load_model_from_checkpoint(tmp_path / "fakes_dataset_Bonus_Adam_last.pt")
+    model = loaded.module
+    val = load_dataset("fakes_dataset", "val", demo_root, 32, norm=loaded.normalization)
+    test = load_dataset("fakes_dataset", "test", demo_root, 32, norm=loaded.normalization)
     trainer = Trainer(model, torch.optim.Adam(model.parameters()), nn.CrossEntropyLoss(), 4, val, val, test,
                       num_workers=0, progress=False)
     for split, dataset in (("val", val), ("test", test)):

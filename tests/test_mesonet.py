@@ -1,6 +1,7 @@
 """MesoNet's Keras converter against an independent NumPy forward pass in Keras' own layout (NHWC, HWIO kernels)."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import h5py
@@ -9,8 +10,8 @@ import pytest
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
+from detector import load_model_from_checkpoint
 from mesonet import MESONET_NORM, Meso4, MesoInception4, keras_checkpoint
-from models import load_model_from_checkpoint
 from utils import UserError
 
 RNG = np.random.default_rng(0)
@@ -117,9 +118,10 @@ def test_keras_weights_give_the_keras_outputs(tmp_path, arch, convs, bns, first,
     images = np.concatenate([RNG.uniform(0, 1, (1, 256, 256, 3)), ramp])  # noise and a smooth ramp: different logits
     expected_z = reference(images, weights)  # sigmoid(z) = P(real)
 
-    model, ckpt = load_model_from_checkpoint(path)
-    assert model.model_name == arch and ckpt["model_name"] == arch
-    assert model.normalization == MESONET_NORM and model.image_size == 256
+    loaded = load_model_from_checkpoint(path)
+    model = loaded.module
+    assert loaded.name == arch and loaded.normalization == MESONET_NORM and loaded.image_size == 256
+    assert loaded.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     with torch.no_grad():  # [0, 1] pixels, NCHW; MESONET_NORM is the identity
         logits = model(torch.from_numpy(images).permute(0, 3, 1, 2).float()).double()
     np.testing.assert_allclose((logits[:, 0] - logits[:, 1]).numpy(), expected_z, rtol=1e-4, atol=1e-4)

@@ -4,13 +4,13 @@ import pytest
 import torch
 
 from bonus_model import BonusNet, my_bonus_model
+from detector import load_model_from_checkpoint
 from models import (
     SimpleNet,
     build_model,
     cam_target_layer,
     get_resnet50_model,
     get_xception_based_model,
-    load_model_from_checkpoint,
     mlp_head_extra_params,
 )
 from utils import UserError, get_nof_params
@@ -107,20 +107,20 @@ def test_xception_freeze_backbone_keeps_exit_flow_and_head():
 
 def test_cam_target_layers():
     simple = SimpleNet(image_size=64)
-    assert cam_target_layer(simple) is simple.conv3
+    assert cam_target_layer(simple, "SimpleNet") is simple.conv3
     xcep = build_model("XceptionBased", pretrained=False)
-    assert cam_target_layer(xcep) is xcep.conv4
+    assert cam_target_layer(xcep, "XceptionBased") is xcep.conv4
     lite = build_model("EfficientNetLite0", pretrained=False)
-    assert cam_target_layer(lite) is lite.bn2
+    assert cam_target_layer(lite, "EfficientNetLite0") is lite.bn2
     bonus = BonusNet()
-    assert cam_target_layer(bonus) is bonus.blocks[-1]
+    assert cam_target_layer(bonus, "Bonus") is bonus.blocks[-1]
 
 
 def test_load_model_from_checkpoint(tmp_path):
     model = build_model("SimpleNet", image_size=64).eval()
     ckpt = tmp_path / "c.pt"
     torch.save({"model": model.state_dict(), "model_name": "SimpleNet", "model_kwargs": {"image_size": 64}}, ckpt)
-    loaded, meta = load_model_from_checkpoint(ckpt, expected_model="SimpleNet")
+    loaded = load_model_from_checkpoint(ckpt, expected_model="SimpleNet").module
     x = torch.randn(2, 3, 64, 64)
     assert torch.equal(loaded(x), model(x)) and not loaded.training
     with pytest.raises(UserError, match="holds a SimpleNet model, not XceptionBased"):

@@ -2,19 +2,24 @@
 helpers that leave the model as they found it and fail loudly, analysis inputs that leave the caller's args alone."""
 from __future__ import annotations
 
+import hashlib
 import math
 
 import pytest
 import torch
 from torch import nn
 
+import detector
 import models
 import train_main
 from analysis import compute_cams
-from bonus_model import my_bonus_model
+from bonus_model import BonusNet, my_bonus_model
 from checkpoints import save_checkpoint
 from common import run_name
-from models import build_model, load_model_from_checkpoint, p_fake
+from detector import Framing, load_model_from_checkpoint
+from metrics import Threshold
+from models import build_model, p_fake
+from normalization import Normalization
 from utils import UserError
 
 
@@ -51,46 +56,57 @@ def test_p_fake_is_softmax_output_one_in_float32():
 @pytest.mark.parametrize("training", [True, False])
 def test_cams_leave_the_model_in_the_mode_they_found_it(training):
     model = Blob().train(training)
-    cams = compute_cams(model, torch.rand(2, 3, 8, 8), torch.tensor([1, 0]))
+    cams = compute_cams(model, torch.rand(2, 3, 8, 8), torch.tensor([1, 0]), "SimpleNet")
     assert cams.shape == (2, 8, 8) and model.training is training
 
 
 def test_a_failing_cam_raises_instead_of_returning_none():
     model = Blob().train()
     with pytest.raises(IndexError):  # class 5 of a 2-output model: pytorch-grad-cam's context manager would swallow it
-        compute_cams(model, torch.rand(1, 3, 8, 8), torch.tensor([5]))
+        compute_cams(model, torch.rand(1, 3, 8, 8), torch.tensor([5]), "SimpleNet")
     assert model.training  # restored on the way out too
 
 
-def test_one_loader_reads_weights_size_threshold_and_name(tmp_path):
-    net = build_model("SimpleNet", pretrained=False, image_size=64)
+def test_a_loaded_detector_carries_every_fact_and_a_built_model_none(tmp_path):
+    net = build_model("SimpleNet", image_size=64)
     path = tmp_path / "simple.pt"
+    custom = Normalization((0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
     save_checkpoint({"model": net.state_dict(), "model_name": "SimpleNet", "model_kwargs": {"image_size": 64},
-                     "normalization": net.normalization.to_dict(), "threshold": {"value": 0.37, "source": "validation EER"}},
-                    path)
-    model, _ = load_model_from_checkpoint(path)
-    assert (model.image_size, model.decision_threshold, model.model_name, model.training) == (
-        64, (0.37, "validation EER"), "SimpleNet", False)
-    # the bonus model's entry point goes through the same loader: its image size is known, another model refused
-    bonus = build_model("Bonus", pretrained=False)
-    save_checkpoint({"model": bonus.state_dict(), "model_name": "Bonus", "model_kwargs": {"image_size": 96},
-                     "normalization": bonus.normalization.to_dict()}, tmp_path / "bonus.pt")
-    loaded = my_bonus_model(tmp_path / "bonus.pt")
-    assert loaded.image_size == 96 and loaded.model_name == "Bonus"
+                     "normalization": custom.to_dict(), "framing": {"margin": 0.21, "source": "measured on 32 train images"},
+                     "threshold": {"value": 0.37, "source": "at most 5 % of val reals", "band": [0.3, 0.4]}}, path)
+    loaded = load_model_from_checkpoint(path)
+    assert (loaded.name, loaded.image_size, loaded.normalization, loaded.module.training) == ("SimpleNet", 64, custom, False)
+    assert loaded.framing == Framing(0.21, "measured on 32 train images")
+    assert loaded.threshold == Threshold(0.37, "at most 5 % of val reals", (0.3, 0.4))
+    assert loaded.sha256 == hashlib.sha256(path.read_bytes()).hexdigest() and loaded.path == path
+    # nothing is patched onto the module: a freshly built model has no facts to be mistaken for a detector's
+    facts = ("image_size", "normalization", "decision_threshold", "model_name", "framing", "threshold")
+    assert not any(hasattr(m, fact) for m in (net, loaded.module) for fact in facts)
+    # a checkpoint without framing or threshold says so instead of hiding a default
+    save_checkpoint({"model": net.state_dict(), "model_name": "SimpleNet", "model_kwargs": {"image_size": 64}}, path)
+    bare = load_model_from_checkpoint(path)
+    assert bare.framing.margin is None and "does not say" in bare.framing.source
+    assert bare.threshold.value == 0.5 and "stores no threshold" in bare.threshold.source
+    # the bonus model's entry point goes through the same loader and gives its module; another model is refused
+    bonus = build_model("Bonus")
+    save_checkpoint({"model": bonus.state_dict(), "model_name": "Bonus", "model_kwargs": {"image_size": 96}},
+                    tmp_path / "bonus.pt")
+    assert isinstance(my_bonus_model(tmp_path / "bonus.pt"), BonusNet)
     with pytest.raises(UserError, match="holds a SimpleNet model, not Bonus; pass the checkpoint of a Bonus run"):
         my_bonus_model(path)
 
 
 def test_init_from_loads_into_the_model_without_building_another(tmp_path, monkeypatch):
-    source = build_model("SimpleNet", pretrained=False, image_size=64)
+    source = build_model("SimpleNet", image_size=64)
     path = tmp_path / "simple.pt"
     save_checkpoint({"model": source.state_dict(), "model_name": "SimpleNet", "model_kwargs": {"image_size": 64}}, path)
-    target = build_model("SimpleNet", pretrained=False, image_size=64).train()
+    target = build_model("SimpleNet", image_size=64).train()
 
     def no_second_model(*_args, **_kwargs):
         raise AssertionError("a second model was built")
 
     monkeypatch.setattr(models, "build_model", no_second_model)
+    monkeypatch.setattr(detector, "build_untrained", no_second_model)
     train_main.init_weights(target, path, "SimpleNet")
     assert all(torch.equal(target.state_dict()[k], v) for k, v in source.state_dict().items())
     assert target.training  # loaded as it is: the trainer sets the mode

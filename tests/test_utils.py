@@ -7,16 +7,8 @@ import pytest
 import torch
 
 from faces_dataset import dataset_labels, evenly_spaced_subset
-from utils import (
-    UserError,
-    atomic_write_json,
-    comma_choices,
-    denormalize,
-    frozen_eval,
-    get_device,
-    normalize,
-    read_json_list,
-)
+from normalization import denormalize, normalize
+from utils import UserError, atomic_write_json, comma_choices, frozen_eval, get_device, read_json_list
 
 
 class Labelled(torch.utils.data.Dataset):

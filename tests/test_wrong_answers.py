@@ -179,7 +179,7 @@ def test_advice_points_the_right_way(tmp_path):
     with pytest.raises(DatasetError) as err:
         CatalogDataset(tmp_path / "catalog.csv", split="val")
     assert "no source fell into this split" in str(err.value) and "--label-from" not in str(err.value)
-    small = build_model("SimpleNet", pretrained=False, image_size=64).state_dict()  # fc1 depends on the input size
+    small = build_model("SimpleNet", image_size=64).state_dict()  # fc1 depends on the input size
     with pytest.raises(UserError) as err:
-        load_weights(build_model("SimpleNet", pretrained=False), {"model": small}, "bare.pt", "SimpleNet")
+        load_weights(build_model("SimpleNet"), {"model": small}, "bare.pt", "SimpleNet")
     assert "another input size" in str(err.value)

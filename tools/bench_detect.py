@@ -4,12 +4,15 @@
     python tools/bench_detect.py --checkpoint checkpoints/fakes_dataset_EfficientNetLite0_Adam.pt --frames 64
 
 Reports frames/s and faces/s, split into decode (reading the sampled frames), detect (MTCNN) and score (the model on
-the face crops), plus the end-to-end wall time of `detect.py` itself on the video and images/s on the folder. Without
---checkpoint an untrained bonus model stands in (the speed does not depend on the weights).
+the face crops, in float32 and in bfloat16 autocast), plus the end-to-end wall time of `detect.py` itself on the video
+and images/s on the folder. Without --checkpoint an untrained bonus model stands in (the speed does not depend on the
+weights). --data-root also scores each dataset's test split in float32 and in bfloat16 autocast: the AUC each gives
+and the images/s (detect.py scores in bfloat16 where that kept AUC within 0.002).
 """
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import tempfile
 import time
@@ -21,11 +24,14 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import detect  # noqa: E402
 from checkpoints import save_checkpoint  # noqa: E402
-from common import OUT_DIR  # noqa: E402
+from common import DATASETS, OUT_DIR  # noqa: E402
+from common import REPO_ROOT as REPO  # noqa: E402
+from detector import Detector, Scorer, load_model_from_checkpoint  # noqa: E402
 from face_detection import DEFAULT_MARGIN, FaceDetector, crop_face, sample_frames  # noqa: E402
-from models import build_model, load_model_from_checkpoint  # noqa: E402
+from faces_dataset import FacesDataset, dataset_dir, dataset_labels, evenly_spaced_subset  # noqa: E402
+from metrics import safe_auc  # noqa: E402
+from models import build_untrained  # noqa: E402
 from utils import atomic_write_json, get_device  # noqa: E402
 
 
@@ -49,11 +55,40 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
+def score_split(scorer: Scorer, dataset) -> tuple[np.ndarray, np.ndarray, float]:
+    """(P(fake), labels, seconds) of the scorer over a test split's images as PIL crops, in batches."""
+    images = [dataset[i][0] for i in range(len(dataset))]
+    labels = np.array(dataset_labels(dataset))
+    scores, seconds = timed(lambda: scorer(images)[0])
+    return scores, labels, seconds
+
+
+def precision_comparison(detector: Detector, device: torch.device, data_root: Path, limit: int) -> dict:
+    """Per dataset under data_root: test AUC and scoring speed in float32 and in bfloat16 autocast (the same crops)."""
+    out = {}
+    for dataset in DATASETS:
+        if not (data_root / dataset / "test").is_dir():
+            continue
+        split = evenly_spaced_subset(FacesDataset(dataset_dir(dataset, "test", data_root)), limit)  # PIL images
+        row = {"n": len(split)}
+        for name, bf16 in (("fp32", False), ("bf16", True)):
+            scores, labels, seconds = score_split(Scorer(detector, device, 32, bf16=bf16), split)
+            row[name] = {"auc": safe_auc(labels, scores), "images_per_s": round(len(split) / seconds, 1)}
+        row["auc_change"] = row["bf16"]["auc"] - row["fp32"]["auc"]
+        print(f"{dataset}: AUC {row['fp32']['auc']:.4f} float32, {row['bf16']['auc']:.4f} bfloat16 "
+              f"({row['auc_change']:+.4f}); {row['fp32']['images_per_s']} vs {row['bf16']['images_per_s']} images/s")
+        out[dataset] = row
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, help="a trained checkpoint (default: an untrained bonus model)")
+    p.add_argument("--checkpoint", type=Path, help="a trained checkpoint or fused detector (default: an untrained bonus model)")
     p.add_argument("--frames", type=int, default=32, help="sampled frames (default: %(default)s)")
     p.add_argument("--images", type=int, default=16, help="photos in the folder benchmark (default: %(default)s)")
+    p.add_argument("--data-root", type=Path, help="also compare float32 and bfloat16 scoring (AUC, speed) on each "
+                   "dataset's test split under this root")
+    p.add_argument("--limit", type=int, default=400, help="test images per dataset for --data-root (default: %(default)s)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=OUT_DIR / "bench_detect.json")
     args = p.parse_args(argv)
@@ -65,11 +100,10 @@ def main(argv: list[str] | None = None) -> dict:
         ckpt = args.checkpoint
         if ckpt is None:
             ckpt = tmp / "bonus.pt"
-            model = build_model("Bonus")
-            save_checkpoint({"model": model.state_dict(), "model_name": "Bonus", "model_kwargs": {"image_size": 256},
-                             "normalization": model.normalization.to_dict()}, ckpt)
-        model, _ = load_model_from_checkpoint(ckpt, device)
-        scorer = detect.Scorer(model, model.image_size, device, 32)
+            save_checkpoint({"model": build_untrained("Bonus").state_dict(), "model_name": "Bonus",
+                             "model_kwargs": {"image_size": 256}}, ckpt)
+        loaded = load_model_from_checkpoint(ckpt, device)
+        scorer = Scorer(loaded, device, 32, bf16=False)
         detector = FaceDetector(str(device))
         video = tmp / "clip.mp4"
         n_video = make_video(data.astronaut(), video)
@@ -77,22 +111,25 @@ def main(argv: list[str] | None = None) -> dict:
         frames, t_decode = timed(lambda: list(sample_frames(video, args.frames)))
         faces, t_detect = timed(lambda: [f for batch in range(0, len(frames), 8)
                                          for f in detector.detect([fr[2] for fr in frames[batch:batch + 8]])])
-        crops = [crop_face(fr[2], f, DEFAULT_MARGIN, scorer.image_size) for fr, fs in zip(frames, faces) for f in fs]
+        crops = [crop_face(fr[2], f, DEFAULT_MARGIN, loaded.image_size) for fr, fs in zip(frames, faces) for f in fs]
         _, t_score = timed(lambda: scorer(crops))
-        _, t_cli = timed(lambda: detect.main([str(video), "-cpp", str(ckpt), "--frames", str(args.frames), "--no-progress",
-                                              "--device", args.device]))
+        _, t_score_bf16 = timed(lambda: Scorer(loaded, device, 32, bf16=True)(crops))
+        detect_py = [sys.executable, str(REPO / "detect.py"), "-cpp", str(ckpt), "--no-progress", "--device", args.device]
+        _, t_cli = timed(lambda: subprocess.run([*detect_py, str(video), "--frames", str(args.frames)], check=True,
+                                                capture_output=True))
 
         folder = tmp / "photos"
         folder.mkdir()
         for i in range(args.images):
             Image.fromarray(np.roll(data.astronaut(), 7 * i, axis=1)).save(folder / f"p{i:03d}.jpg")
-        _, t_folder = timed(lambda: detect.main([str(folder), "-cpp", str(ckpt), "--no-progress", "--device", args.device]))
+        _, t_folder = timed(lambda: subprocess.run([*detect_py, str(folder)], check=True, capture_output=True))
 
     n_faces = len(crops)
     report = {
-        "device": str(device), "threads": torch.get_num_threads(), "model": model.model_name,
+        "device": str(device), "threads": torch.get_num_threads(), "model": loaded.name,
         "video": {"frames_in_video": n_video, "resolution": "1280x720", "sampled_frames": len(frames), "faces": n_faces,
                   "decode_s": round(t_decode, 2), "detect_s": round(t_detect, 2), "score_s": round(t_score, 3),
+                  "score_bf16_s": round(t_score_bf16, 3),
                   "frames_per_s": round(len(frames) / (t_decode + t_detect + t_score), 2),
                   "faces_per_s_scoring": round(n_faces / max(t_score, 1e-9), 1),
                   "detect_py_wall_s": round(t_cli, 2)},
@@ -101,9 +138,11 @@ def main(argv: list[str] | None = None) -> dict:
     }
     v = report["video"]
     print(f"video {v['resolution']}, {n_video} frames, {v['sampled_frames']} sampled: decode {v['decode_s']} s, "
-          f"detect {v['detect_s']} s, score {v['score_s']} s ({v['faces_per_s_scoring']} faces/s); "
-          f"{v['frames_per_s']} frames/s; detect.py end to end {v['detect_py_wall_s']} s")
+          f"detect {v['detect_s']} s, score {v['score_s']} s ({v['faces_per_s_scoring']} faces/s; bfloat16 "
+          f"{v['score_bf16_s']} s); {v['frames_per_s']} frames/s; detect.py end to end {v['detect_py_wall_s']} s")
     print(f"folder of {args.images} photos: {report['folder']['wall_s']} s, {report['folder']['images_per_s']} images/s")
+    if args.data_root is not None:
+        report["precision"] = precision_comparison(loaded, device, args.data_root, args.limit)
     atomic_write_json(args.out, report)
     print(f"saved {args.out}")
     return report

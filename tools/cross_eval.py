@@ -21,15 +21,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from analysis import eer_threshold_on, get_soft_scores_and_true_labels  # noqa: E402
 from common import DATASETS, DEFAULT_SEED, FIGURES_DIR, OUT_DIR  # noqa: E402
+from detector import Detector, load_model_from_checkpoint  # noqa: E402
 from faces_dataset import load_dataset  # noqa: E402
 from metrics import bootstrap_intervals, compute_metrics  # noqa: E402
-from models import load_model_from_checkpoint  # noqa: E402
 from utils import (  # noqa: E402
     UserError,
     atomic_write_json,
     cli_main,
     get_device,
-    model_normalization,
     new_figure,
     positive_int,
     save_figure,
@@ -73,10 +72,10 @@ def score_cell(labels: np.ndarray, scores: np.ndarray, threshold: float, n_resam
             "accuracy": m["accuracy"], "ci95": bootstrap_intervals(labels, scores, n_resamples, seed)}
 
 
-def target_threshold(model, root: Path, dataset: str, args: argparse.Namespace, device) -> tuple[float, str]:
-    """The model's EER threshold on the val split of the test set's own root and dataset."""
-    val = load_dataset(dataset, "val", root, model.image_size, args.limit, model_normalization(model))
-    threshold = eer_threshold_on(val, model, device, f"--threshold target-val: {root}/{dataset}/val", args.batch_size,
+def target_threshold(detector: Detector, root: Path, dataset: str, args: argparse.Namespace, device) -> tuple[float, str]:
+    """The detector's EER threshold on the val split of the test set's own root and dataset."""
+    val = load_dataset(dataset, "val", root, detector.image_size, args.limit, detector.normalization)
+    threshold = eer_threshold_on(val, detector.module, device, f"--threshold target-val: {root}/{dataset}/val", args.batch_size,
                                  not args.no_progress)
     return threshold, f"EER on {root.name}/{dataset}/val"
 
@@ -143,15 +142,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     names = row_labels(args.checkpoints)
     rows = []
     for path, name in zip(args.checkpoints, names):
-        model, ckpt = load_model_from_checkpoint(path, device)
+        detector = load_model_from_checkpoint(path, device)
         for root, dataset in sets:
-            threshold, source = model.decision_threshold
+            threshold, source = detector.threshold.value, detector.threshold.source
             if args.threshold == "target-val":
-                threshold, source = target_threshold(model, root, dataset, args, device)
-            test = load_dataset(dataset, "test", root, model.image_size, args.limit, model_normalization(model))
-            _, scores, labels = get_soft_scores_and_true_labels(test, model, args.batch_size, device, not args.no_progress)
+                threshold, source = target_threshold(detector, root, dataset, args, device)
+            test = load_dataset(dataset, "test", root, detector.image_size, args.limit, detector.normalization)
+            _, scores, labels = get_soft_scores_and_true_labels(test, detector.module, args.batch_size, device,
+                                                                not args.no_progress)
             test_set = f"{root.name}/{dataset}" if several_roots else dataset
-            rows.append({"checkpoint": name, "model": model.model_name, "test_set": test_set, "threshold": threshold,
+            rows.append({"checkpoint": name, "model": detector.name, "test_set": test_set, "threshold": threshold,
                          "threshold_source": source, **score_cell(labels, scores, threshold, args.bootstrap, args.seed)})
             atomic_write_json(args.out_dir / "cross_eval.json", rows)  # every cell kept as soon as it is scored
     said = {"checkpoint": "each checkpoint's own validation EER", "target-val": "the EER on each test set's own val split"}

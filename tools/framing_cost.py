@@ -20,10 +20,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import DATA_ROOT, DATASETS, OUT_DIR  # noqa: E402
+from detector import load_model_from_checkpoint  # noqa: E402
 from face_detection import FaceDetector, crop_face  # noqa: E402
 from faces_dataset import dataset_dir, get_transforms, list_images, load_rgb  # noqa: E402
 from metrics import safe_auc  # noqa: E402
-from models import load_model_from_checkpoint, p_fake  # noqa: E402
+from models import p_fake  # noqa: E402
 from utils import atomic_write_json, cli_main, get_device, positive_int  # noqa: E402
 
 
@@ -61,8 +62,9 @@ def main(argv: list[str] | None = None) -> dict:
           f"median {result['framing_margin_median']:+.3f} (IQR {result['framing_margin_iqr'][0]:+.3f} to "
           f"{result['framing_margin_iqr'][1]:+.3f})")
     if args.checkpoint is not None:
-        model, _ = load_model_from_checkpoint(args.checkpoint, device)
-        transform = get_transforms(False, model.image_size, model.normalization)
+        detector = load_model_from_checkpoint(args.checkpoint, device)
+        model = detector.module
+        transform = get_transforms(False, detector.image_size, detector.normalization)
         labels = np.array([label for _, _, label in found])
 
         def auc_of(images: list) -> float | None:
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
             return safe_auc(labels, scores.numpy())
 
         result["auc_as_given"] = auc_of([image for image, _, _ in found])
-        result["auc_by_margin"] = {m: auc_of([crop_face(image, face, m, model.image_size) for image, face, _ in found])
+        result["auc_by_margin"] = {m: auc_of([crop_face(image, face, m, detector.image_size) for image, face, _ in found])
                                    for m in args.margins}
         print(f"AUC on the images as given: {result['auc_as_given']:.4f}; re-cut at margin "
               + ", ".join(f"{m:+.2f}: {a:.4f}" for m, a in result["auc_by_margin"].items()))
