@@ -1,0 +1,145 @@
+"""Thresholds chosen on real faces, the uncertain band, and fused detectors (fusion.py), on hand-computed cases."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from checkpoints import save_checkpoint
+from detector import file_sha256, load_model_from_checkpoint
+from fusion import FUSED_SUFFIX, MemberScale, fit_logistic, fused_logits, write_fused_spec
+from metrics import Threshold, per_source_far_threshold, real_face_threshold, real_far_threshold
+from models import build_model
+from normalization import IMAGENET_NORM, Normalization, normalize
+from utils import UserError
+
+SCORES = [0.9, 0.8, 0.8, 0.7, 0.1]  # five real faces, two of them tied
+
+
+@pytest.mark.parametrize("far, expected, flagged", [
+    (0.2, 0.85, 1),  # one false alarm allowed: the 2nd highest (0.8) stays below, midway to 0.9
+    (0.4, 0.85, 1),  # two allowed, but the 2nd and 3rd are tied at 0.8: a tie is never split, so only one is flagged
+    (0.6, 0.75, 3),  # three allowed: the 4th (0.7) stays below
+    (0.199, float(np.nextafter(0.9, 1)), 0),  # floor(0.995) = 0 allowed (rounding would allow one): just above the top
+    (0.0, float(np.nextafter(0.9, 1)), 0),  # none allowed, no higher score: just above the highest
+    (1.0, 0.1, 5),  # all allowed: the lowest score flags every face
+])
+def test_the_false_alarm_threshold_on_ties_and_edges(far, expected, flagged):
+    threshold = real_far_threshold(SCORES, far)
+    assert threshold == pytest.approx(expected, abs=1e-12)
+    assert sum(s >= threshold for s in SCORES) == flagged <= math.floor(far * len(SCORES) + 1e-9)
+
+
+def test_the_false_alarm_count_survives_binary_fractions_and_sources_are_each_held_to_it():
+    scores = np.linspace(0, 1, 100)
+    # 0.29 * 100 is 28.999999999999996 in binary: 29 false alarms are allowed, not 28
+    assert np.sum(scores >= real_far_threshold(scores, 0.29)) == 29
+    quiet, loud = [0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]
+    # the threshold holds on each source: the louder source decides (a pooled 25 % would flag two of loud's four)
+    assert per_source_far_threshold([quiet, loud], 0.25) == pytest.approx(0.75)
+    assert real_far_threshold(quiet + loud, 0.25) == pytest.approx(0.65)
+    with pytest.raises(ValueError):
+        real_far_threshold([], 0.05)
+
+
+def test_the_uncertain_band_edges():
+    t = Threshold(0.5, "test", (0.4, 0.6))
+    assert [t.verdict(s) for s in (0.6, 0.5999, 0.5, 0.4, 0.3999)] == ["fake", "uncertain", "uncertain", "uncertain", "real"]
+    assert [t.binary(s) for s in (0.5, 0.4999)] == ["fake", "real"]
+    assert Threshold(0.5, "no band").verdict(0.5) == "fake" and Threshold(0.5, "no band").verdict(0.49) == "real"
+    with pytest.raises(ValueError):
+        Threshold(0.7, "band below it", (0.4, 0.6))
+    # the band of a real-face threshold: twice and half the false-alarm rate (20 faces: 2, 1 and 0 reach its points)
+    reals = np.arange(20) / 20
+    chosen = real_face_threshold([reals], 0.05)
+    assert [int(np.sum(reals >= x)) for x in (chosen.band[0], chosen.value, chosen.band[1])] == [2, 1, 0]
+    assert Threshold.from_entry(chosen.to_entry()) == chosen
+    assert "no real face" in Threshold.from_entry({"value": None, "warning": "no real face"}).source
+
+
+@pytest.fixture()
+def members(tmp_path):
+    """Two SimpleNet members at 64 and 56 px with different normalisations, saved as checkpoints."""
+    torch.manual_seed(0)
+    paths = []
+    for k, (size, norm) in enumerate(((64, Normalization()), (56, IMAGENET_NORM))):
+        model = build_model("SimpleNet", image_size=size)
+        path = tmp_path / f"m{k}.pt"
+        save_checkpoint({"model": model.state_dict(), "model_name": "SimpleNet", "model_kwargs": {"image_size": size},
+                         "normalization": norm.to_dict()}, path)
+        paths.append(path)
+    return paths
+
+
+def write_spec(path, members, scales, rule, threshold=None):
+    write_fused_spec(path, {"members": [{"file": m.name, "sha256": file_sha256(m), "scale": s.to_dict()}
+                                        for m, s in zip(members, scales)],
+                            "rule": rule, "threshold": threshold, "framing": {"margin": 0.1, "source": "test"}})
+
+
+@pytest.mark.parametrize("rule", [{"kind": "logistic", "weights": [0.7, -1.3], "bias": 0.25}, {"kind": "max"},
+                                  {"kind": "mean"}])
+def test_a_fused_score_equals_the_hand_computation_of_its_two_members(tmp_path, members, rule):
+    scales = [MemberScale(0.1, 2.0), MemberScale(-0.3, 0.5)]
+    spec = tmp_path / f"pair{FUSED_SUFFIX}"
+    write_spec(spec, members, scales, rule, {"value": 0.6, "source": "test", "band": [0.5, 0.7]})
+    fused = load_model_from_checkpoint(spec)
+    assert (fused.name, fused.image_size, fused.framing.margin, fused.threshold.band) == ("Fused", 64, 0.1, (0.5, 0.7))
+    x = torch.rand(3, 3, 64, 64)  # [0, 1] pixels at the larger member's size
+    z = []
+    for path, size, scale in zip(members, (64, 56), scales):
+        member = load_model_from_checkpoint(path)
+        view = x if size == 64 else F.interpolate(x, size=(56, 56), mode="bilinear", antialias=True, align_corners=False)
+        with torch.no_grad():
+            logits = member.module(normalize(view, member.normalization))
+        z.append(((logits[:, 1] - logits[:, 0]) - scale.mean) / scale.std)
+    z = torch.stack(z, 1)
+    by_hand = {"logistic": 0.25 + 0.7 * z[:, 0] - 1.3 * z[:, 1], "max": torch.maximum(z[:, 0], z[:, 1]),
+               "mean": (z[:, 0] + z[:, 1]) / 2}[rule["kind"]]
+    with torch.no_grad():
+        logits, per_member = fused.module.scores(x)
+    assert torch.allclose(torch.softmax(logits, 1)[:, 1], torch.sigmoid(by_hand), atol=1e-5)
+    raw = z * torch.tensor([2.0, 0.5]) + torch.tensor([0.1, -0.3])  # each member's own logit, unstandardised
+    assert torch.allclose(per_member, torch.sigmoid(raw), atol=1e-5)  # what the CSV shows beside the fused score
+
+
+def test_a_fused_file_refuses_a_member_whose_bytes_changed_or_that_is_missing(tmp_path, members):
+    spec = tmp_path / f"pair{FUSED_SUFFIX}"
+    write_spec(spec, members, [MemberScale(0, 1)] * 2, {"kind": "max"})
+    load_model_from_checkpoint(spec)
+    model = build_model("SimpleNet", image_size=56)  # other weights under the same name
+    save_checkpoint({"model": model.state_dict(), "model_name": "SimpleNet", "model_kwargs": {"image_size": 56}}, members[1])
+    with pytest.raises(UserError, match=r"its member m1\.pt has changed \(SHA-256"):
+        load_model_from_checkpoint(spec)
+    members[1].unlink()
+    with pytest.raises(UserError, match="its member m1.pt is missing"):
+        load_model_from_checkpoint(spec)
+    data = json.loads(spec.read_text())
+    data["members"][0]["file"] = "../elsewhere/m0.pt"
+    spec.write_text(json.dumps(data))
+    with pytest.raises(UserError, match="relative to the fused file"):
+        load_model_from_checkpoint(spec)
+    with pytest.raises(UserError, match="not one SimpleNet"):
+        load_model_from_checkpoint(spec, expected_model="SimpleNet")
+
+
+def test_the_logistic_rule_weighs_each_dataset_alike_and_learns_the_expert():
+    """Member 0 separates dataset A, member 1 dataset B (each at chance on the other): fitted on both at once, both
+    weights are positive and comparable although A has ten times B's faces; the fused logit ranks both datasets."""
+    rng = np.random.default_rng(0)
+    n_a, n_b = 1000, 100
+    y_a, y_b = rng.integers(0, 2, n_a), rng.integers(0, 2, n_b)
+    z = np.concatenate([np.stack([3 * y_a + rng.normal(size=n_a), rng.normal(size=n_a)], 1),
+                        np.stack([rng.normal(size=n_b), 3 * y_b + rng.normal(size=n_b)], 1)])
+    labels, groups = np.concatenate([y_a, y_b]), np.array([0] * n_a + [1] * n_b)
+    rule = fit_logistic(z, labels, groups)
+    w0, w1 = rule["weights"]
+    assert w0 > 0 and w1 > 0 and 0.5 < w0 / w1 < 2
+    from sklearn.metrics import roc_auc_score
+
+    fused = fused_logits(z, rule)
+    assert roc_auc_score(y_b, fused[n_a:]) > 0.9 and roc_auc_score(y_a, fused[:n_a]) > 0.9
