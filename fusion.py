@@ -67,9 +67,9 @@ def combine(z: torch.Tensor, rule: dict) -> torch.Tensor:
         return z.max(dim=1).values
     if kind == "mean":
         return z.mean(dim=1)
-    if kind == "logistic":
+    if kind == "logistic":  # a sum of products, not a matmul: autocast would run a matmul in bfloat16
         weights = torch.as_tensor(rule["weights"], dtype=z.dtype, device=z.device)
-        return z @ weights + float(rule["bias"])
+        return (z * weights).sum(dim=1) + float(rule["bias"])
     raise ValueError(f"unknown fusion rule {kind!r}; choose one of {', '.join(RULES)}")
 
 

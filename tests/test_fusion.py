@@ -143,3 +143,52 @@ def test_the_logistic_rule_weighs_each_dataset_alike_and_learns_the_expert():
 
     fused = fused_logits(z, rule)
     assert roc_auc_score(y_b, fused[n_a:]) > 0.9 and roc_auc_score(y_a, fused[:n_a]) > 0.9
+
+
+def test_fuse_detectors_fits_on_val_only_and_detect_shows_each_member(demo_root, tmp_path, capsys):
+    """Two members trained on the demo datasets, fused by the tool: its threshold is what at most 5 % of each dataset's
+    val reals reach (recomputed here from the fused scores), the test splits are never read, and detect.py's CSV keeps
+    each member's score beside the fused one."""
+    import csv
+
+    import fuse_detectors
+
+    import detect
+    import train_main
+    from analysis import get_soft_scores_and_true_labels
+    from faces_dataset import load_dataset
+
+    for dataset in ("fakes_dataset", "synthetic_dataset"):
+        train_main.main(["-d", dataset, "-m", "Bonus", "-e", "1", "-b", "8", "--image-size", "64", "--data-root",
+                         str(demo_root), "--out-dir", str(tmp_path), "--checkpoint-dir", str(tmp_path), "--no-progress",
+                         "--num-workers", "0"])
+    out = tmp_path / "shipped" / "pair.fused.json"
+    test_dirs = [demo_root / d / "test" for d in ("fakes_dataset", "synthetic_dataset")]
+    for folder in test_dirs:  # the test splits are never read: hide them
+        folder.rename(folder.with_name("hidden"))
+    try:
+        spec = fuse_detectors.main(["--members", str(tmp_path / "fakes_dataset_Bonus_Adam.pt"),
+                                    str(tmp_path / "synthetic_dataset_Bonus_Adam.pt"), "--data-root", str(demo_root),
+                                    "--rule", "logistic", "--out", str(out), "--copy-members", "--no-progress"])
+    finally:
+        for folder in test_dirs:
+            folder.with_name("hidden").rename(folder)
+    fused = load_model_from_checkpoint(out)
+    per_dataset_reals = []
+    for dataset in ("fakes_dataset", "synthetic_dataset"):
+        val = load_dataset(dataset, "val", demo_root, fused.image_size, norm=fused.normalization)
+        _, scores, labels = get_soft_scores_and_true_labels(val, fused.module, 8, "cpu", False)
+        per_dataset_reals.append(scores[labels == 0])
+    assert fused.threshold.value == pytest.approx(real_face_threshold(per_dataset_reals, 0.05).value, abs=1e-5)
+    assert spec["fitted_on"]["splits"] == ["fakes_dataset/val", "synthetic_dataset/val"]
+    with pytest.raises(SystemExit):
+        fuse_detectors.main(["--members", str(tmp_path / "fakes_dataset_Bonus_Adam.pt"), "--data-root", str(demo_root),
+                             "--out", str(out)])
+    assert "is never written over" in capsys.readouterr().err
+    photo = sorted((demo_root / "fakes_dataset" / "test" / "real").iterdir())[0]
+    detect.main([str(photo), "-cpp", str(out), "--no-progress", "--min-prob", "0.5", "--out", str(tmp_path / "r.csv"),
+                 "--fp32"])
+    rows = list(csv.DictReader(open(tmp_path / "r.csv")))
+    face = next(r for r in rows if r["row"] == "face")
+    assert {"p_fake[fakes_dataset_Bonus_Adam.pt]", "p_fake[synthetic_dataset_Bonus_Adam.pt]"} <= set(face)
+    assert 0 <= float(face["p_fake[synthetic_dataset_Bonus_Adam.pt]"]) <= 1
