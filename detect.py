@@ -23,7 +23,6 @@ import argparse
 import csv
 import glob
 import json
-import math
 import os
 import re
 from collections.abc import Iterator
@@ -56,6 +55,7 @@ from utils import (
     UserError,
     atomic_write,
     cli_main,
+    crop_margin,
     get_device,
     json_safe,
     positive_float,
@@ -322,14 +322,6 @@ def print_table(results: list[FileResult], threshold: Threshold) -> None:
         print(f"{r.file:{width}s}  {len(r.faces):5d}  {score:>7s}  {r.verdict}")
 
 
-def margin_arg(text: str) -> float:
-    """--margin: a finite share of the box side above -0.5 (at -0.5 the box would vanish)."""
-    value = float(text)
-    if not (math.isfinite(value) and value > -0.5):
-        raise argparse.ArgumentTypeError(f"must be a finite number above -0.5, got {text}")
-    return value
-
-
 def threshold_arg(text: str) -> float | Path:
     """--threshold: a probability, or val-eer:DIR (a folder with real/ and fake/ face crops to calibrate on)."""
     if text.startswith("val-eer:"):
@@ -371,7 +363,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--annotate", type=Path, help="folder for annotated copies, <name>.annotated.png/.mp4 with boxes and P(fake) drawn in "
                    "(an existing file is never replaced)")
     p.add_argument("--cam", action="store_true", help="with --annotate: each face's Grad-CAM beside the image")
-    p.add_argument("--margin", type=margin_arg, help="face box growth per side, a share of its size (negative: tighter; "
+    p.add_argument("--margin", type=crop_margin, help="face box growth per side, a share of its size (negative: tighter; "
                    f"default: how the checkpoint's training faces were framed, else {DEFAULT_MARGIN})")
     p.add_argument("--min-prob", type=probability, default=DEFAULT_MIN_PROB, help="minimum MTCNN face probability (default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="face crops per model batch (default: %(default)s)")

@@ -39,9 +39,11 @@ from utils import (
     atomic_write_json,
     cli_main,
     comma_choices,
+    finite_float,
     make_loader,
     new_figure,
     non_negative_int,
+    positive_float,
     positive_int,
     read_json_list,
     sample_batch,
@@ -196,10 +198,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="attacks per budget ('none' skips them, e.g. with --corruptions)")
     p.add_argument("--corruptions", type=comma_choices(CORRUPTIONS), default=[], metavar="jpeg,blur,noise,resize",
                    help="everyday distortions to score the test split under (default: none)")
-    p.add_argument("--epsilons", nargs="+", type=float, default=[e * 255 for e in ROBUSTNESS_EPSILONS],
+    p.add_argument("--epsilons", nargs="+", type=finite_float, default=[e * 255 for e in ROBUSTNESS_EPSILONS],
                    help="L-inf budgets in grey levels of 255 (default: 0 1 2 4 8)")
     p.add_argument("--steps", type=positive_int, default=DEFAULT_PGD_STEPS, help="PGD steps (default: %(default)s)")
-    p.add_argument("--alpha", type=float, help="PGD step in [0,1] units (default: 2.5 * eps / steps)")
+    p.add_argument("--alpha", type=positive_float, help="PGD step in [0,1] units (default: 2.5 * eps / steps)")
     p.add_argument("--cw-samples", type=non_negative_int, default=8, help="fake images attacked by C&W (0 skips it; default: %(default)s)")
     p.add_argument("--cw-steps", type=positive_int, default=50, help="Adam steps per C&W search round (default: %(default)s)")
     p.add_argument("--cw-search", type=positive_int, default=4, help="C&W binary-search rounds over c (default: %(default)s)")

@@ -101,27 +101,47 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (nan and inf refused). Every float flag of the suite parses through it, so none
+    lets a NaN through to a split, a budget or a rate (a NaN compares False with everything, and silently so)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
 def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0 (rejects nan and inf)."""
-    value = float(text)
-    if not math.isfinite(value) or value <= 0:
+    """argparse type: a finite number > 0."""
+    value = finite_float(text)
+    if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
     return value
 
 
 def non_negative_float(text: str) -> float:
     """argparse type: a finite number >= 0."""
-    value = float(text)
-    if not math.isfinite(value) or value < 0:
+    value = finite_float(text)
+    if value < 0:
         raise argparse.ArgumentTypeError(f"must be a finite number of 0 or more, got {text}")
     return value
 
 
 def probability(text: str) -> float:
-    """argparse type: a number in [0, 1] (rejects nan)."""
-    value = float(text)
-    if not 0 <= value <= 1:  # False for nan too
+    """argparse type: a number in [0, 1]."""
+    value = finite_float(text)
+    if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"must be a probability between 0 and 1, got {text}")
+    return value
+
+
+def crop_margin(text: str) -> float:
+    """argparse type: a face box's growth per side as a share of its size, above -0.5 (at -0.5 the box vanishes)."""
+    value = finite_float(text)
+    if value <= -0.5:
+        raise argparse.ArgumentTypeError(f"must be a finite number above -0.5, got {text}")
     return value
 
 

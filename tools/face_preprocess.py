@@ -196,7 +196,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--label-from", choices=("folder", "none"), default="folder", help="label source (default: folder)")
     p.add_argument("--layout", choices=("flat", "assignment"), default="flat", help="output layout (default: flat)")
     p.add_argument("--dataset", choices=DATASETS, default=DATASETS[0], help="dataset folder for --layout assignment")
-    p.add_argument("--split", type=float, nargs=3, default=[0.7, 0.15, 0.15], metavar=("TRAIN", "VAL", "TEST"),
+    p.add_argument("--split", type=non_negative_float, nargs=3, default=[0.7, 0.15, 0.15], metavar=("TRAIN", "VAL", "TEST"),
                    help="split fractions by source (default: 0.7 0.15 0.15)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the split assignment (default: %(default)s)")
     p.add_argument("--extractor", choices=("auto", "ffmpeg", "opencv"), default="auto", help="frame reader (default: auto)")

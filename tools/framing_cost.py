@@ -25,7 +25,7 @@ from face_detection import FaceDetector, crop_face  # noqa: E402
 from faces_dataset import dataset_dir, get_transforms, list_images, load_rgb  # noqa: E402
 from metrics import safe_auc  # noqa: E402
 from models import p_fake  # noqa: E402
-from utils import atomic_write_json, cli_main, get_device, positive_int  # noqa: E402
+from utils import atomic_write_json, cli_main, crop_margin, get_device, positive_int  # noqa: E402
 
 
 def framing_margin(image_size: tuple[int, int], box: np.ndarray) -> float:
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("-d", "--dataset", choices=DATASETS, required=True)
     p.add_argument("--data-root", type=Path, default=DATA_ROOT, help="(default: %(default)s)")
     p.add_argument("-cpp", "--checkpoint", type=Path, help="score the re-cut faces with this model")
-    p.add_argument("--margins", type=float, nargs="+", default=[-0.15, 0.0, 0.19, 0.3], help="margins to cut at")
+    p.add_argument("--margins", type=crop_margin, nargs="+", default=[-0.15, 0.0, 0.19, 0.3], help="margins to cut at")
     p.add_argument("--limit", type=positive_int, default=200, help="test images per class (default: %(default)s)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out-dir", type=Path, default=OUT_DIR)

@@ -33,7 +33,7 @@ from fusion import FUSED_SUFFIX, RULES, FusedModule, MemberScale, fit_logistic, 
 from mesonet import is_keras_file  # noqa: E402
 from metrics import DEFAULT_FAR, real_face_threshold, safe_auc  # noqa: E402
 from normalization import PIXELS  # noqa: E402
-from utils import UserError, cli_main, get_device, positive_int, probability, writable_dir  # noqa: E402
+from utils import UserError, cli_main, crop_margin, get_device, positive_int, probability, writable_dir  # noqa: E402
 
 HALF_AUC_TOLERANCE = 0.002
 
@@ -96,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rule", choices=("auto", *RULES), default="auto", help="fusion rule (default: %(default)s)")
     p.add_argument("--far", type=probability, default=DEFAULT_FAR,
                    help="false-alarm rate on each dataset's val real faces that sets the threshold (default: %(default)s)")
-    p.add_argument("--margin", type=float, help="how the fused detector frames faces for detect.py (default: the mean of "
+    p.add_argument("--margin", type=crop_margin, help="how the fused detector frames faces for detect.py (default: the mean of "
                    "the members' recorded framings)")
     p.add_argument("--limit", type=positive_int, help="at most this many val images per dataset")
     p.add_argument("--out", type=Path, required=True, help=f"the fused detector to write (ends in {FUSED_SUFFIX})")

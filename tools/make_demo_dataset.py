@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import DATA_ROOT, DATASETS, DEFAULT_SEED, DEMO_MARKER, SPLITS  # noqa: E402
+from utils import probability  # noqa: E402
 
 SKIN_TONES = np.array(
     [[255, 224, 196], [241, 194, 160], [224, 172, 130], [198, 134, 96], [160, 102, 68], [118, 74, 48], [88, 56, 38]]
@@ -303,7 +304,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train", type=int, default=300, help="images in each train split (default: %(default)s)")
     parser.add_argument("--val", type=int, default=100, help="images in each val split (default: %(default)s)")
     parser.add_argument("--test", type=int, default=100, help="images in each test split (default: %(default)s)")
-    parser.add_argument("--fake-fraction", type=float, default=0.6, help="share of fakes in every split (default: %(default)s)")
+    parser.add_argument("--fake-fraction", type=probability, default=0.6, help="share of fakes in every split (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="same seed, same bytes (default: %(default)s)")
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS), help="which datasets to write")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
