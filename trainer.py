@@ -51,6 +51,7 @@ from normalization import ASSIGNMENT_NORM, Normalization, denormalize, normalize
 from utils import (
     UserError,
     atomic_write_json,
+    ensure_free_space,
     file_lock,
     make_loader,
     parse_run_records,
@@ -101,6 +102,13 @@ def changed_settings(saved: dict, now: dict) -> str:
     'name: saved -> now' ('' when none do; settings absent from either side, as in older logs, are not compared)."""
     return ", ".join(f"{key}: {saved[key]!r} -> {now[key]!r}" for key in RESUME_FIXED
                      if key in saved and key in now and saved[key] != now[key])
+
+
+def checkpoint_bytes_estimate(model: nn.Module) -> int:
+    """About how many bytes a checkpoint of `model` takes: its state plus two optimizer moments of the same size (Adam),
+    and a megabyte for the record."""
+    state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return 3 * state + 2**20
 
 
 def validation_threshold(val: Evaluation, far: float = DEFAULT_FAR) -> dict | None:
@@ -655,6 +663,10 @@ class Trainer:
         """Train the remaining epochs; rank 0 prints, writes the log and checkpoints (and TensorBoard) after each."""
         main = self.config.world.main
         while self.epoch < epochs:
+            if main:  # before hours of work whose checkpoint the disk could not hold, not after them
+                ensure_free_space(self.config.checkpoint_dir, checkpoint_bytes_estimate(self.module),
+                                  f"the checkpoint of epoch {self.epoch + 1}",
+                                  "free space or pass another --checkpoint-dir (the saved epochs are kept)")
             start = time.perf_counter()
             train_loss, train_acc = self.train_one_epoch()
             lr = self.optimizer.param_groups[0]["lr"]

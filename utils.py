@@ -5,10 +5,12 @@ import argparse
 import contextlib
 import errno
 import functools
+import io
 import json
 import math
 import os
 import random
+import shutil
 import socket
 import sys
 import tempfile
@@ -212,9 +214,10 @@ def get_nof_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
+def atomic_write(path: str | Path, write: Callable[[str], None], what: str = "file") -> None:
     """Call write(temp path) for a temp file beside `path`, then rename it over `path`: the old file survives any
-    failure, and the new one gets the usual permissions (mkstemp's are owner-only)."""
+    failure, and the new one gets the usual permissions (mkstemp's are owner-only). A full disk is one sentence that
+    says the previous `what` is kept."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -227,10 +230,8 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-            raise UserError(f"no space left on device while writing {path}; the previous file is kept") from err
-        if isinstance(err, RuntimeError) and "No space left" in str(err):  # torch.save's own wording
-            raise UserError(f"no space left on device while writing {path}; the previous file is kept") from err
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"no space left on device while saving {path}; the previous {what} is kept") from err
         raise
 
 
@@ -305,8 +306,20 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """torch.save through a temp file and a rename (see atomic_write_json)."""
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """torch.save through a temp file and a rename (see atomic_write). The bytes are made in memory first and written
+    with Python's own file I/O, so a full disk raises ENOSPC (torch's writer reports only 'unexpected pos ...')."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getvalue()
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), what="checkpoint")
+
+
+def ensure_free_space(folder: str | Path, needed_bytes: int, what: str, hint: str) -> None:
+    """Refuse to start work whose result (`what`, about needed_bytes) could not be saved in `folder`."""
+    free = shutil.disk_usage(folder).free
+    if free < needed_bytes:
+        raise UserError(f"not enough free space in {folder} to save {what}: it needs about {needed_bytes / 1e6:.0f} MB, "
+                        f"{free / 1e6:.0f} MB are free; {hint}")
 
 
 def resolve_input_path(path: str | Path) -> Path:

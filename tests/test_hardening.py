@@ -183,7 +183,7 @@ def test_a_full_disk_keeps_the_old_file_and_says_so(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(json, "dump", full)
-    with pytest.raises(UserError, match="no space left on device while writing .*log.json; the previous file is kept"):
+    with pytest.raises(UserError, match="no space left on device while saving .*log.json; the previous file is kept"):
         atomic_write_json(path, [{"a": 2}])
     monkeypatch.undo()
     assert json.loads(path.read_text()) == [{"a": 1}] and [p.name for p in tmp_path.iterdir()] == ["log.json"]

@@ -45,3 +45,63 @@ def test_a_json_file_the_suite_writes_holds_no_nan_literal(tmp_path):
 
     data = json.loads(path.read_text(), parse_constant=refuse)  # a strict parser, as browsers and jq are
     assert data == {"a": None, "b": [None, 1.5], "c": None, "d": {"e": None}}
+
+
+# ---- a full disk -------------------------------------------------------------------------------------------------------
+def make_trainer(tmp_path):
+    import torch
+    from torch import nn
+
+    from conftest import TinyNet, separable_toy_set
+    from trainer import Trainer
+
+    torch.manual_seed(0)
+    model = TinyNet()
+    return Trainer(model, torch.optim.Adam(model.parameters(), lr=0.01), nn.CrossEntropyLoss(), 8, separable_toy_set(16),
+                   separable_toy_set(8), separable_toy_set(8), num_workers=0, out_dir=tmp_path, checkpoint_dir=tmp_path,
+                   progress=False)
+
+
+def test_a_full_disk_while_saving_a_checkpoint_says_so_and_keeps_the_previous_one(tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    from checkpoints import read_checkpoint
+    from trainer import LoggingParameters
+    from utils import UserError
+
+    lp = LoggingParameters("TinyNet", "toy", "Adam")
+    trainer = make_trainer(tmp_path)
+    trainer.run(1, lp)
+    last = tmp_path / "toy_TinyNet_Adam_last.pt"
+    before = last.read_bytes()
+    real_write = Path.write_bytes
+
+    def full(self, data):  # the disk fills up while the checkpoint's bytes are written
+        real_write(self, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(UserError, match=r"^no space left on device while saving .*toy_TinyNet_Adam(_last)?\.pt; the "
+                                        r"previous checkpoint is kept$"):
+        trainer.run(2, lp, resume=True)
+    monkeypatch.undo()
+    assert last.read_bytes() == before and read_checkpoint(last)["epoch"] == 1  # whole, and still the epoch before
+    assert not list(tmp_path.glob(".*.tmp"))  # no half-written temp file left
+
+
+def test_an_epoch_does_not_start_when_its_checkpoint_would_not_fit(tmp_path, monkeypatch):
+    import shutil
+
+    from trainer import LoggingParameters
+    from utils import UserError
+
+    trainer = make_trainer(tmp_path)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage._replace(free=10_000))
+    started = []
+    monkeypatch.setattr(trainer, "train_one_epoch", lambda: started.append(1) or (0.0, 0.0))
+    with pytest.raises(UserError, match=r"not enough free space in .* to save the checkpoint of epoch 1: it needs about "
+                                        r"1 MB, 0 MB are free; free space or pass another --checkpoint-dir"):
+        trainer.run(1, LoggingParameters("TinyNet", "toy", "Adam"))
+    assert started == []
