@@ -28,9 +28,18 @@ class DatasetError(UserError, ValueError):
     """A dataset folder or file that cannot be used as given (the message names the path)."""
 
 
+def is_hidden(path: Path, root: Path | None = None) -> bool:
+    """A hidden file or one inside a hidden folder below `root` (macOS ._* AppleDouble files and .DS_Store, editors'
+    and writers' .*.tmp files): never an input anywhere in the suite."""
+    parts = path.relative_to(root).parts if root is not None else (path.name,)
+    return any(part.startswith(".") for part in parts)
+
+
 def list_images(folder: Path) -> list[Path]:
-    """Image files of a folder (common extensions only), sorted by name for a deterministic order."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    """Image files of a folder (common extensions only, hidden files skipped), sorted by name for a deterministic
+    order."""
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not is_hidden(p))
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -259,9 +268,43 @@ def is_demo_data(data_root: str | Path | None = None) -> bool:
     return (root / DEMO_MARKER).is_file()
 
 
-def list_images_under(folder: Path) -> list[Path]:
-    """Image files anywhere under a folder, sorted by path."""
-    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+def list_files_under(folder: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[Path]:
+    """Files with one of `extensions` anywhere under a folder, hidden ones skipped (is_hidden), sorted by path."""
+    folder = Path(folder)
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and p.suffix.lower() in extensions and not is_hidden(p, folder))
+
+
+REAL_NAMES = {"real", "original", "original_sequences", "pristine", "youtube", "actors", "0_real"}
+FAKE_NAMES = {"fake", "manipulated", "manipulated_sequences", "deepfakes", "deepfake", "faceswap", "face2face",
+              "neuraltextures", "faceshifter", "synthetic", "1_fake"}
+
+
+def label_from_path(relative: Path) -> int | None:
+    """0 / 1 from the first folder name that says real or fake, or None."""
+    for part in relative.parts[:-1]:
+        name = part.lower()
+        if name in REAL_NAMES:
+            return 0
+        if name in FAKE_NAMES:
+            return 1
+    return None
+
+
+def real_faces_under(folder: Path) -> list[Path]:
+    """The real faces of a folder of faces (--real-faces): every image when no folder below it names a class, else
+    only those in a real one (real/, original/, ...; label_from_path), so a labelled layout's fakes are never taken for
+    real faces. A folder whose class folders are all fake holds no real face: a DatasetError."""
+    folder = Path(folder)
+    files = list_files_under(folder)
+    labels = [label_from_path(p.relative_to(folder)) for p in files]
+    if all(label is None for label in labels):
+        return files
+    reals = [p for p, label in zip(files, labels) if label == 0]
+    if not reals:
+        raise DatasetError(f"{folder} holds fake/ faces but no real/ folder; --real-faces needs real faces (only the "
+                           "real/ folders of a labelled layout are read)")
+    return reals
 
 
 def evenly_spaced(items: list, limit: int | None) -> list:

@@ -105,3 +105,49 @@ def test_an_epoch_does_not_start_when_its_checkpoint_would_not_fit(tmp_path, mon
                                         r"1 MB, 0 MB are free; free space or pass another --checkpoint-dir"):
         trainer.run(1, LoggingParameters("TinyNet", "toy", "Adam"))
     assert started == []
+
+
+# ---- face_preprocess: its own outputs are never sources; a resume keeps its settings -----------------------------------
+@pytest.fixture()
+def photos(tmp_path):
+    from PIL import Image
+    from skimage import data
+
+    folder = tmp_path / "photos"
+    (folder / "real").mkdir(parents=True)
+    for k in range(3):
+        Image.fromarray(np.roll(data.astronaut(), 9 * k, axis=1)).save(folder / "real" / f"p{k}.jpg")
+    (folder / "real" / "._p0.jpg").write_bytes(b"\0\5\26\7AppleDouble")  # macOS junk beside a photo
+    return folder
+
+
+def catalog_rows(folder):
+    import csv
+
+    with open(folder / "catalog.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_a_second_run_into_the_source_folder_does_not_crop_its_own_crops(photos, capsys):
+    import face_preprocess
+
+    argv = ["--image-dir", str(photos), "--out-dir", str(photos), "--no-progress", "--split", "0.4", "0.3", "0.3"]
+    first = face_preprocess.main(argv)
+    assert len(first) == 3 and {r["source"] for r in first} == {"real/p0.jpg", "real/p1.jpg", "real/p2.jpg"}
+    face_preprocess.main(argv)  # what resuming an interrupted run does
+    rows = catalog_rows(photos)
+    assert len(rows) == 3 and {r["source"] for r in rows} == {"real/p0.jpg", "real/p1.jpg", "real/p2.jpg"}
+    assert "resuming: 3 of 3 sources" in capsys.readouterr().out  # the crops and the ._ file were never sources
+
+
+def test_resuming_with_other_split_fractions_is_refused(photos, tmp_path, capsys):
+    import face_preprocess
+
+    out = tmp_path / "crops"
+    face_preprocess.main(["--image-dir", str(photos), "--out-dir", str(out), "--no-progress"])
+    with pytest.raises(SystemExit) as exit_info:
+        face_preprocess.main(["--image-dir", str(photos), "--out-dir", str(out), "--no-progress", "--split", "0.5", "0.25",
+                              "0.25"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--split [0.7, 0.15, 0.15] -> [0.5, 0.25, 0.25]" in err
+    assert json.loads((out / "face_preprocess.json").read_text())["margin"] == 0.3

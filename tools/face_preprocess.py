@@ -10,6 +10,9 @@ are near duplicates, never leak across splits. `--layout assignment` writes the 
 <out>/<dataset>/{train,val,test}/{real,fake}/; the default `flat` layout writes <out>/<real|fake|unlabelled>/.
 catalog.csv (path relative to --out-dir, source, frame_index, timestamp, box, detection probability, label, split) is
 appended per source, so an interrupted run resumes where it stopped; unreadable files are reported and skipped.
+face_preprocess.json records the settings that shape the crops (margin, size, split fractions, seed, ...): training
+reads the crops' framing from it, and a resumed run with other settings is refused. The tool's own outputs (anything
+under --out-dir, even when it lies inside the source folder) and hidden files are never sources.
 Frames are read with ffmpeg when it is on PATH, else with OpenCV's VideoCapture (--extractor picks one).
 """
 from __future__ import annotations
@@ -18,6 +21,8 @@ import argparse
 import csv
 import hashlib
 import io
+import json
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,10 +42,11 @@ from face_detection import (  # noqa: E402
     frame_reader,
     square_box,
 )
-from faces_dataset import CATALOG_COLUMNS, load_rgb  # noqa: E402
+from faces_dataset import CATALOG_COLUMNS, label_from_path, list_files_under, load_rgb  # noqa: E402
 from utils import (  # noqa: E402
     UserError,
     atomic_write,
+    atomic_write_json,
     cli_main,
     non_negative_float,
     positive_float,
@@ -49,21 +55,7 @@ from utils import (  # noqa: E402
     writable_dir,
 )
 
-REAL_NAMES = {"real", "original", "original_sequences", "pristine", "youtube", "actors", "0_real"}
-FAKE_NAMES = {"fake", "manipulated", "manipulated_sequences", "deepfakes", "deepfake", "faceswap", "face2face",
-              "neuraltextures", "faceshifter", "synthetic", "1_fake"}
 SPLIT_NAMES = ("train", "val", "test")
-
-
-def label_from_path(relative: Path) -> int | None:
-    """0 / 1 from the first folder name that says real or fake, or None."""
-    for part in relative.parts[:-1]:
-        name = part.lower()
-        if name in REAL_NAMES:
-            return 0
-        if name in FAKE_NAMES:
-            return 1
-    return None
 
 
 def split_of(source: str, fractions: tuple[float, float, float], seed: int) -> str:
@@ -96,7 +88,8 @@ def read_catalog(path: Path) -> tuple[list[dict], set[str]]:
         source = cut_fields[1] if len(cut_fields) > 1 else (rows[-1]["source"] if rows else None)
         rows = [r for r in rows if r["source"] != source]
         atomic_write(path, lambda tmp: write_rows(Path(tmp), rows))
-        print(f"note: the last line of {path} was cut short (an interrupted run); {source} will be done again")
+        print(f"note: line {text.count(chr(10)) + 1} of {path} was cut short (an interrupted run); its source's rows "
+              "are removed and it will be done again")
         return rows, {r["source"] for r in rows}
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -176,8 +169,54 @@ def save_output(image: Image.Image, path: Path) -> None:
         raise OutputError(f"cannot write {path} ({err.strerror or err}); free space or pick another --out-dir") from err
 
 
-def list_sources(root: Path, extensions: tuple[str, ...]) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+CROP_NAME = re.compile(r"_[0-9a-f]{8}_f\d{6}\.png$")  # crop_stem(...) + _f<frame>.png, as process_source names crops
+
+
+def list_sources(root: Path, extensions: tuple[str, ...], out_dir: Path, rows: list[dict]) -> list[Path]:
+    """The videos or photos under root to crop: hidden files skipped, and never this tool's own outputs (a crop its
+    catalog lists, or a file under --out-dir named as it names crops: one an interrupted run saved before its row),
+    which a second run into the same folder would otherwise crop again into splits of their own, putting one face in
+    two splits."""
+    out = out_dir.resolve()
+    listed = {(out / r["path"]).resolve() for r in rows}
+
+    def own(path: Path) -> bool:
+        resolved = path.resolve()
+        return resolved in listed or (resolved.is_relative_to(out) and bool(CROP_NAME.search(path.name)))
+
+    return [p for p in list_files_under(root, extensions) if not own(p)]
+
+
+SETTINGS_FILE = "face_preprocess.json"
+# the settings that shape the crops and their splits: a resumed run must share them with the run it continues
+SHAPING = ("margin", "size", "split", "seed", "min_prob", "layout", "dataset", "label_from", "fps", "max_frames")
+
+
+def settings_record(args: argparse.Namespace) -> dict:
+    """What a run's crops are, for the folder's own record: how they were framed (the margin training reads) and split."""
+    return {key: getattr(args, key) for key in SHAPING}
+
+
+def check_resume(out_dir: Path, record: dict, resuming: bool) -> None:
+    """Refuse a resumed run whose shaping settings differ from the record of the run it continues (its crops and
+    splits would mix two recipes); write the record for a new run."""
+    path = out_dir / SETTINGS_FILE
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise UserError(f"{path} is not readable ({err}); it records how the crops in {out_dir} were made: restore it, "
+                            "or use a new --out-dir") from err
+        changed = [f"--{k.replace('_', '-')} {saved[k]!r} -> {record[k]!r}" for k in SHAPING
+                   if k in saved and saved[k] != record[k]]
+        if changed:
+            raise UserError(f"{out_dir} holds crops made with other settings ({', '.join(changed)}); resuming would mix "
+                            "two recipes in one catalog: run with the same settings, or write into a new --out-dir")
+        return
+    if resuming:
+        print(f"note: {out_dir} has a catalog but no {SETTINGS_FILE} (an older version wrote it); its settings are not "
+              "checked against this run's")
+    atomic_write_json(path, record)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -216,15 +255,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if not root.is_dir():
         raise UserError(f"{root} is not a folder")
     videos = args.video_dir is not None
-    sources = list_sources(root, VIDEO_EXTENSIONS if videos else IMAGE_EXTENSIONS)
-    if not sources:
-        raise UserError(f"no {'videos' if videos else 'images'} found under {root}")
     read, extractor = frame_reader(args.extractor)
     if videos:
         print(f"reading frames with {extractor}" + (" (ffmpeg not on PATH)" if extractor == "opencv" else ""))
     writable_dir(args.out_dir, "--out-dir")  # before any video is decoded
     catalog = args.out_dir / "catalog.csv"
     rows, done = read_catalog(catalog)
+    check_resume(args.out_dir, settings_record(args), bool(rows))
+    sources = list_sources(root, VIDEO_EXTENSIONS if videos else IMAGE_EXTENSIONS, args.out_dir, rows)
+    if not sources:
+        raise UserError(f"no {'videos' if videos else 'images'} found under {root} (besides this tool's own outputs)")
     todo = [s for s in sources if s.relative_to(root).as_posix() not in done]
     if done:
         print(f"resuming: {len(sources) - len(todo)} of {len(sources)} sources already in {catalog}")
