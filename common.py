@@ -24,12 +24,6 @@ CLASS_NAMES = ("real", "fake")  # label 0 = real, 1 = fake / synthetic
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 DEMO_MARKER = "DEMO_DATA.txt"  # written by tools/make_demo_dataset.py at the data root
 
-# How each dataset's faces are framed, as detect.py's margin around an MTCNN box (share of the box side added on each
-# side; negative = tighter than the box). Measured: median (crop side / MTCNN box side - 1) / 2 over 60 test images
-# (tools/framing_cost.py): fakes_dataset's DFDC crops are tighter than the box, synthetic_dataset's FFHQ-aligned
-# images hold the face with a fifth of its size around it; face_preprocess.py's crops use its --margin (0.3).
-FRAMING_MARGINS = {"fakes_dataset": -0.15, "synthetic_dataset": 0.19}
-
 IMAGE_SIZE = 256
 # Input normalisation is per model (models.MODEL_SPECS, saved in every checkpoint). The assignment's transforms use
 # mean = std = 0.5, which is also what the ImageNet Xception expects; torchvision's ResNet50 and the registry's

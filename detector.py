@@ -19,6 +19,7 @@ from torch import nn
 
 from checkpoints import checkpoint_model_name, load_weights, read_checkpoint
 from common import IMAGE_SIZE
+from face_detection import Framing
 from fusion import FUSED_SUFFIX, FusedModule, MemberScale, read_fused_spec
 from mesonet import is_keras_file, keras_checkpoint
 from metrics import Threshold
@@ -27,25 +28,6 @@ from normalization import Normalization
 from utils import UserError, resolve_input_path
 
 UNKNOWN = "unknown"
-
-
-@dataclass(frozen=True)
-class Framing:
-    """How the training faces were cut, as a margin around an MTCNN box (share of the box side added per side;
-    negative = tighter than the box), and where that number comes from; margin None when it is not known."""
-
-    margin: float | None
-    source: str
-
-    def to_dict(self) -> dict:
-        return {"margin": self.margin, "source": self.source}
-
-    @classmethod
-    def from_entry(cls, entry: object) -> Framing:
-        """From a checkpoint's 'framing' entry; a checkpoint without one does not say how its faces were framed."""
-        if isinstance(entry, dict) and entry.get("margin") is not None:
-            return cls(float(entry["margin"]), str(entry.get("source", "checkpoint")))
-        return cls(None, "the checkpoint does not say how its training faces were framed")
 
 
 @dataclass(frozen=True)

@@ -151,6 +151,11 @@ class CatalogDataset(Dataset):
         self.decoder = decoder
         if not self.csv_path.is_file():
             raise DatasetError(f"catalog {self.csv_path} does not exist; create it with tools/face_preprocess.py")
+        text = self.csv_path.read_text()
+        if text and not text.endswith("\n"):
+            raise DatasetError(f"catalog {self.csv_path}: line {text.count(chr(10)) + 1} is cut short (an interrupted "
+                               "tools/face_preprocess.py run); run it again into the same --out-dir to finish the "
+                               "catalog, or delete that line")
         with open(self.csv_path, newline="") as f:
             reader = csv.DictReader(f)
             missing = {"path", "label"} - set(reader.fieldnames or [])

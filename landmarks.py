@@ -55,6 +55,10 @@ class LandmarkDetector:
         self.predictor = dlib.shape_predictor(str(predictor_path()))
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        return self.locate(rgb)[0]
+
+    def locate(self, rgb: np.ndarray) -> tuple[np.ndarray, bool]:
+        """(landmarks, whether the detector found a face): without one they are fitted to the image less a border."""
         h, w = rgb.shape[:2]
         rgb = np.ascontiguousarray(rgb)
         boxes = self.detector(rgb, 0) or self.detector(rgb, 1)  # upsampling once finds faces down to ~40 px
@@ -64,7 +68,7 @@ class LandmarkDetector:
             bx, by = round(TIGHT_CROP_BORDER * w), round(TIGHT_CROP_BORDER * h)
             box = self._dlib.rectangle(bx, by, w - 1 - bx, h - 1 - by)
         shape = self.predictor(rgb, box)
-        return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
+        return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32), bool(boxes)
 
 
 def file_digest(path: Path) -> str:
@@ -93,15 +97,30 @@ def folder_landmarks(paths: Iterable[Path], cache_dir: Path | None = None, progr
         for p in tqdm(files, desc=f"landmarks of {folder.name}", unit="img", disable=not progress, leave=False):
             digest = file_digest(p)
             entry = cached.get(p.name)
-            if entry is None or entry.get("sha1") != digest:
+            if entry is None or entry.get("sha1") != digest or "found" not in entry:
                 detector = detector or LandmarkDetector()
-                points = detector(np.asarray(load_rgb(p)))
-                cached[p.name] = entry = {"sha1": digest, "points": np.round(points, 2).tolist()}
+                points, found = detector.locate(np.asarray(load_rgb(p)))
+                cached[p.name] = entry = {"sha1": digest, "points": np.round(points, 2).tolist(), "found": found}
                 changed = True
             result[p] = np.asarray(entry["points"], dtype=np.float32)
         if changed:
             atomic_write_json(store, cached)
     return result
+
+
+def faces_not_found(paths: Iterable[Path], cache_dir: Path | None = None) -> list[Path]:
+    """The images among `paths` in which the detector found no face, from their folders' caches (call after
+    folder_landmarks): their landmarks were fitted to the image, which is right for a tight face crop and wrong for
+    anything else."""
+    caches: dict[Path, dict] = {}
+    missing = []
+    for p in paths:
+        if p.parent not in caches:
+            store = (cache_dir / cache_file(p.parent).name) if cache_dir is not None else cache_file(p.parent)
+            caches[p.parent] = _read_cache(store)
+        if not caches[p.parent].get(p.name, {}).get("found", True):
+            missing.append(p)
+    return missing
 
 
 def _read_cache(path: Path) -> dict:

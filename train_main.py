@@ -44,7 +44,6 @@ from common import (
     DEFAULT_OPTIMIZER,
     DEFAULT_PGD_STEPS,
     DEFAULT_SEED,
-    FRAMING_MARGINS,
     OPTIMIZERS,
     OUT_DIR,
     SCHEDULERS,
@@ -54,24 +53,16 @@ from common import (
 )
 from detector import load_weights_into
 from distributed import World, setup, sum_across, teardown
-from face_detection import DEFAULT_MARGIN
 from faces_dataset import (
     AUGMENTATIONS,
     DECODERS,
     DEFAULT_DECODER,
-    catalog_run_name,
     dataset_labels,
-    evenly_spaced,
-    get_transforms,
     is_demo_data,
-    list_images_under,
-    load_dataset,
-    split_paths,
 )
-from landmarks import folder_landmarks
 from models import MODEL_NAMES, MODEL_SPECS, build_model, models_taking
-from normalization import Normalization
-from self_blend import FAKE_MODES, HULLS, FakePairs, PairConcat, SelfBlendEvaluation, SelfBlendPairs
+from self_blend import FAKE_MODES, HULLS
+from splits import DataSettings, build_splits, training_framing
 from trainer import AdversarialConfig, LoggingParameters, Schedule, Trainer, TrainerConfig, optimizer_params_for_log
 from utils import (
     UserError,
@@ -234,44 +225,10 @@ def init_weights(model: nn.Module, checkpoint: Path, model_name: str) -> None:
     print(f"initialised from {checkpoint}")
 
 
-def load_splits(args: argparse.Namespace, norm: Normalization) -> tuple:
-    """train/val/test datasets from -d's folders or from a catalog.csv with a 'split' column; with --fakes self-blend
-    the train split is (real, self-blend) pairs and val the self-blends of the val split's real faces, with --fakes
-    both the train pairs are followed by the dataset's own fakes two by two."""
-    splits = [load_dataset(args.dataset, split, args.data_root, args.image_size, args.limit, norm, args.augment,
-                           catalog=args.catalog, decoder=args.decoder, crop=args.random_crop)
-              for split in ("train", "val", "test")]
-    if args.fakes == "dataset":
-        return tuple(splits)
-    plain = get_transforms(False, args.image_size, norm)
-    limit = None if args.limit is None else max(1, args.limit // 2)
-    reals = split_paths(splits[0], 0) if args.real_faces is None else list_images_under(args.real_faces)
-    reals = evenly_spaced(reals, limit)
-    if not reals:
-        raise UserError(f"no real face to self-blend in {args.real_faces or 'the train split'}")
-    points = folder_landmarks(reals, progress=not args.no_progress)
-    regions = tuple(args.blend_regions)
-    train: Dataset = SelfBlendPairs(reals, points, plain, regions)
-    if args.fakes == "both":
-        fakes = split_paths(splits[0], 1)
-        train = PairConcat([train, FakePairs(fakes, get_transforms(True, args.image_size, norm, args.augment))])
-        return train, splits[1], splits[2]
-    val_reals = evenly_spaced(split_paths(splits[1], 0), limit)
-    val = SelfBlendEvaluation(val_reals, folder_landmarks(val_reals, progress=not args.no_progress), plain, args.seed,
-                              regions)
-    return train, val, splits[2]
-
-
-def run_dataset_name(args: argparse.Namespace) -> str:
-    """The dataset part of the run's file names: -d, or 'catalog-<folder>' for a --catalog run (never -d's files)."""
-    return args.dataset if args.catalog is None else catalog_run_name(args.catalog)
-
-
-def training_framing(args: argparse.Namespace) -> dict:
-    """How the training faces are framed, as a margin around an MTCNN box (saved in the checkpoint for detect.py)."""
-    if args.catalog is not None:
-        return {"margin": DEFAULT_MARGIN, "source": "tools/face_preprocess.py crops (default --margin)"}
-    return {"margin": FRAMING_MARGINS[args.dataset], "source": f"{args.dataset} (measured)"}
+def data_settings(args: argparse.Namespace) -> DataSettings:
+    """The data flags, typed, once (the only place they are read for the splits)."""
+    return DataSettings(args.dataset, args.data_root, args.catalog, args.image_size, args.limit, args.augment,
+                        args.decoder, args.random_crop, args.fakes, args.real_faces, tuple(args.blend_regions), args.seed)
 
 
 FAKE_TAGS = {"dataset": "", "self-blend": "selfblend", "both": "selfblend+dataset"}
@@ -294,14 +251,6 @@ def class_counts(dataset: Dataset) -> list[int] | None:
     except TypeError:
         return None
     return [labels.count(0), labels.count(1)]
-
-
-def check_classes(train_ds, name: str) -> None:
-    """Refuse a train split that lacks a class: it would train silently to a constant answer."""
-    present = set(dataset_labels(train_ds))
-    if present != {0, 1}:
-        missing = "real" if 0 not in present else "fake"
-        raise UserError(f"the {name} train split holds no {missing} images; a detector needs both classes")
 
 
 def make_model(args: argparse.Namespace) -> nn.Module:
@@ -355,7 +304,7 @@ def train(args: argparse.Namespace, world: World, device: torch.device) -> dict:
     publishes."""
     writable_dir(args.out_dir, "--out-dir")  # before any epoch is spent, not after the first one
     writable_dir(args.checkpoint_dir, "--checkpoint-dir")
-    dataset_name = run_dataset_name(args)
+    dataset_name = data_settings(args).run_dataset_name
     tag = run_tag(args)
     with one_run_per_name(world, args.checkpoint_dir, LoggingParameters(args.model, dataset_name, args.optimizer,
                                                                         tag=tag).run_name):
@@ -365,9 +314,11 @@ def train(args: argparse.Namespace, world: World, device: torch.device) -> dict:
 def _train(args: argparse.Namespace, world: World, device: torch.device, dataset_name: str, tag: str) -> dict:
     say = print if world.main else lambda *_, **__: None
     norm = MODEL_SPECS[args.model].norm
-    train_ds, val_ds, test_ds = load_splits(args, norm)
-    if args.fakes == "dataset":  # pairs hold both classes by construction
-        check_classes(train_ds, dataset_name)
+    data = data_settings(args)
+    splits = build_splits(data, norm, progress=not args.no_progress)
+    train_ds, val_ds, test_ds = splits.train, splits.val, splits.test
+    for note in splits.notes:
+        say(f"note: {note}")
     if args.select_by == "auc" and len(set(dataset_labels(val_ds))) < 2:
         raise UserError(f"--select-by auc: the {dataset_name} val split holds one class only, so its AUC is undefined "
                         "and no epoch could be chosen; use --select-by acc or loss, or add the missing class")
@@ -393,7 +344,10 @@ def _train(args: argparse.Namespace, world: World, device: torch.device, dataset
         weight = (counts.sum() / (2 * counts)).to(device)
     alpha = args.alpha if args.alpha is not None else pgd_step_size(args.eps, args.steps)
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    config.update(framing=training_framing(args), alpha=alpha, n_params=get_nof_params(model), n_params_total=sum(p.numel() for p in model.parameters()),
+    framing = training_framing(data, splits.train_faces, args.device)
+    say(f"training faces framed at margin {framing.margin if framing.margin is None else f'{framing.margin:+.3f}'} "
+        f"({framing.source})")
+    config.update(framing=framing.to_dict(), alpha=alpha, n_params=get_nof_params(model), n_params_total=sum(p.numel() for p in model.parameters()),
                   device=str(device), torch=torch.__version__, normalization=norm.to_dict(),
                   class_weights=weight.tolist() if weight is not None else None, world_size=world.size,
                   class_counts={split: class_counts(ds) for split, ds in zip(SPLITS, (train_ds, val_ds, test_ds))})

@@ -103,48 +103,29 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def finite_float(text: str) -> float:
-    """argparse type: a finite number (nan and inf refused). Every float flag of the suite parses through it, so none
-    lets a NaN through to a split, a budget or a rate (a NaN compares False with everything, and silently so)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
+def float_type(wanted: str, ok: Callable[[float], bool] = lambda _: True) -> Callable[[str], float]:
+    """An argparse type for a float that must be finite and satisfy `ok` ("must be <wanted>, got <text>" otherwise).
+    Every float flag of the suite parses through one of these, so none lets a NaN through to a split, a budget or a
+    rate (a NaN compares False with everything, and silently so)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text}") from None
+        if not (math.isfinite(value) and ok(value)):
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text}")
+        return value
+
+    parse.__name__ = wanted.replace(" ", "_")  # argparse names the type in its messages
+    return parse
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
-    value = finite_float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """argparse type: a finite number >= 0."""
-    value = finite_float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number of 0 or more, got {text}")
-    return value
-
-
-def probability(text: str) -> float:
-    """argparse type: a number in [0, 1]."""
-    value = finite_float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be a probability between 0 and 1, got {text}")
-    return value
-
-
-def crop_margin(text: str) -> float:
-    """argparse type: a face box's growth per side as a share of its size, above -0.5 (at -0.5 the box vanishes)."""
-    value = finite_float(text)
-    if value <= -0.5:
-        raise argparse.ArgumentTypeError(f"must be a finite number above -0.5, got {text}")
-    return value
+finite_float = float_type("a finite number")
+positive_float = float_type("a finite number above 0", lambda v: v > 0)
+non_negative_float = float_type("a finite number of 0 or more", lambda v: v >= 0)
+probability = float_type("a probability between 0 and 1", lambda v: 0 <= v <= 1)
+crop_margin = float_type("a finite number above -0.5", lambda v: v > -0.5)  # a face box's growth per side (-0.5: none)
 
 
 def comma_choices(choices: Iterable[str]) -> Callable[[str], list[str]]:
@@ -315,7 +296,8 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
 
 def ensure_free_space(folder: str | Path, needed_bytes: int, what: str, hint: str) -> None:
-    """Refuse to start work whose result (`what`, about needed_bytes) could not be saved in `folder`."""
+    """Refuse to start work whose result (`what`, about needed_bytes) could not be saved in `folder` (created)."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free
     if free < needed_bytes:
         raise UserError(f"not enough free space in {folder} to save {what}: it needs about {needed_bytes / 1e6:.0f} MB, "

@@ -234,6 +234,10 @@ def test_faces_are_cut_the_way_the_checkpoints_training_faces_were(media, checkp
     train_main.main(["-d", "synthetic_dataset", "-m", "Bonus", "-e", "1", "-b", "8", "--image-size", "64", "--data-root",
                      str(demo_root), "--out-dir", str(tmp_path), "--checkpoint-dir", str(tmp_path), "--no-progress",
                      "--num-workers", "0"])
-    assert read_checkpoint(tmp_path / "synthetic_dataset_Bonus_Adam.pt")["framing"] == {
-        "margin": 0.19, "source": "synthetic_dataset (measured)"}
+    from face_detection import measure_framing
+    from faces_dataset import list_files_under
+
+    train = demo_root / "synthetic_dataset" / "train"  # measured on the faces it read, never taken from the name
+    assert read_checkpoint(tmp_path / "synthetic_dataset_Bonus_Adam.pt")["framing"] == measure_framing(
+        list_files_under(train / "real") + list_files_under(train / "fake"), f"the train faces of {demo_root / 'synthetic_dataset'}").to_dict()
     assert square_box(np.array([100, 100, 200, 200]), -0.15, 512, 512) == (115, 115, 185, 185)

@@ -105,7 +105,7 @@ def test_a_corrupt_image_in_a_worker_is_the_same_one_line(tmp_path, demo_root):
             str(tmp_path / "o"), "--checkpoint-dir", str(tmp_path / "c"), "--no-progress"]
     with_workers = run("train_main.py", *argv, "--num-workers", "1")
     without = run("train_main.py", *argv, "--num-workers", "0")
-    assert_one_line_error(with_workers, f"cannot read image {victim}")
+    assert_one_line_error(with_workers, f"1 image file(s) cannot be read: {victim} (not a readable image")  # before training
     assert with_workers.stderr.strip().splitlines()[-1] == without.stderr.strip().splitlines()[-1]
     assert len(with_workers.stderr.strip().splitlines()) == 1
 

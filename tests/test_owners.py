@@ -16,7 +16,8 @@ from analysis import compute_cams
 from bonus_model import BonusNet, my_bonus_model
 from checkpoints import save_checkpoint
 from common import run_name
-from detector import Framing, load_model_from_checkpoint
+from detector import load_model_from_checkpoint
+from face_detection import Framing
 from metrics import Threshold
 from models import build_model, p_fake
 from normalization import Normalization

@@ -151,3 +151,111 @@ def test_resuming_with_other_split_fractions_is_refused(photos, tmp_path, capsys
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "--split [0.7, 0.15, 0.15] -> [0.5, 0.25, 0.25]" in err
     assert json.loads((out / "face_preprocess.json").read_text())["margin"] == 0.3
+
+
+# ---- framing comes from the data the run read, never from a dataset's name ---------------------------------------------
+def test_framing_is_the_crops_record_not_the_datasets_name(demo_root, tmp_path):
+    """Crops cut by face_preprocess --layout assignment --dataset fakes_dataset at margin +0.30: the checkpoint says
+    +0.30 from the crops' record, not fakes_dataset's -0.15 (the DFDC crops that name usually means)."""
+    import shutil
+
+    import train_main
+    from checkpoints import read_checkpoint
+
+    root = tmp_path / "mine"
+    shutil.copytree(demo_root / "fakes_dataset", root / "fakes_dataset")
+    (root / "face_preprocess.json").write_text(json.dumps({"margin": 0.3, "dataset": "fakes_dataset", "size": 64}))
+    train_main.main(["-d", "fakes_dataset", "-m", "Bonus", "-e", "1", "-b", "8", "--image-size", "64", "--data-root",
+                     str(root), "--out-dir", str(tmp_path), "--checkpoint-dir", str(tmp_path), "--no-progress",
+                     "--num-workers", "0"])
+    framing = read_checkpoint(tmp_path / "fakes_dataset_Bonus_Adam.pt")["framing"]
+    assert framing["margin"] == 0.3 and "face_preprocess.json" in framing["source"]
+
+
+def test_framing_is_measured_on_the_images_when_no_record_says_it(tmp_path):
+    """Crops of a real photo cut at known margins measure as those margins (MTCNN box, median over the images); a crop
+    tighter than the face measures tighter than the box (MTCNN then boxes the part of the face it sees)."""
+    from PIL import Image
+    from skimage import data
+
+    from face_detection import FaceDetector, crop_face, measure_framing
+
+    photo = Image.fromarray(data.astronaut())
+    face = FaceDetector("cpu").detect([photo])[0][0]
+    for margin in (-0.1, 0.1, 0.3):
+        folder = tmp_path / f"m{margin}"
+        folder.mkdir()
+        paths = []
+        for k, size in enumerate((224, 256, 299)):
+            paths.append(folder / f"{k}.png")
+            crop_face(photo, face, margin, size).save(paths[-1])
+        measured = measure_framing(paths, str(folder), "cpu")
+        assert measured.source.startswith(f"measured on {folder}")
+        assert measured.margin < 0 if margin < 0 else measured.margin == pytest.approx(margin, abs=0.06)
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (64, 64), (120, 90, 60)).save(blank)
+    assert measure_framing([blank], "blank", "cpu").margin is None
+
+
+# ---- --real-faces reads only real faces and says when they hold no face ------------------------------------------------
+def test_real_faces_of_a_labelled_folder_are_only_its_real_ones(demo_root, tmp_path):
+    import shutil
+
+    from faces_dataset import DatasetError
+    from normalization import ASSIGNMENT_NORM
+    from splits import DataSettings, build_splits
+
+    labelled = tmp_path / "labelled"
+    shutil.copytree(demo_root / "fakes_dataset" / "train", labelled)
+    settings = DataSettings("fakes_dataset", demo_root, image_size=64, fakes="self-blend", real_faces=labelled)
+    splits = build_splits(settings, ASSIGNMENT_NORM, progress=False)
+    assert splits.train.paths and all(p.parent.name == "real" for p in splits.train.paths)
+    assert len(splits.train.paths) == len(list((labelled / "real").iterdir()))
+    shutil.rmtree(labelled / "real")
+    with pytest.raises(DatasetError, match="holds fake/ faces but no real/ folder"):
+        build_splits(settings, ASSIGNMENT_NORM, progress=False)
+
+
+def test_real_faces_without_a_face_are_named_before_training(demo_root, tmp_path):
+    from PIL import Image
+
+    from normalization import ASSIGNMENT_NORM
+    from splits import DataSettings, build_splits
+
+    squares = tmp_path / "squares"
+    squares.mkdir()
+    for k, colour in enumerate([(200, 40, 40), (40, 200, 40), (40, 40, 200), (128, 128, 128)]):
+        Image.new("RGB", (64, 64), colour).save(squares / f"{k}.png")
+    settings = DataSettings("fakes_dataset", demo_root, image_size=64, fakes="self-blend", real_faces=squares)
+    notes = build_splits(settings, ASSIGNMENT_NORM, progress=False).notes
+    assert any(note.startswith(f"dlib found no face in 4 of the 4 real faces of {squares}") for note in notes)
+
+
+# ---- a cut catalog line, a truncated image: said before any epoch, all at once -----------------------------------------
+def test_unreadable_files_of_any_split_are_listed_together_before_training(demo_root, tmp_path):
+    import shutil
+
+    from faces_dataset import DatasetError
+    from normalization import ASSIGNMENT_NORM
+    from splits import DataSettings, build_splits
+
+    root = tmp_path / "root"
+    shutil.copytree(demo_root / "fakes_dataset", root / "fakes_dataset")
+    val_image = sorted((root / "fakes_dataset" / "val" / "fake").iterdir())[0]
+    val_image.write_bytes(val_image.read_bytes()[:200])  # a download cut short
+    (root / "fakes_dataset" / "test" / "real" / "notes.png").write_text("not an image")
+    (root / "fakes_dataset" / "train" / "real" / "._0.png").write_bytes(b"\0\5\26\7 AppleDouble")  # skipped, not listed
+    with pytest.raises(DatasetError) as err:
+        build_splits(DataSettings("fakes_dataset", root, image_size=64), ASSIGNMENT_NORM, progress=False)
+    message = str(err.value)
+    assert message.startswith("2 image file(s) cannot be read") and val_image.name in message and "notes.png" in message
+    assert "._0.png" not in message
+
+
+def test_a_catalog_cut_mid_line_is_refused_with_its_line_number(tmp_path):
+    from faces_dataset import CatalogDataset, DatasetError
+
+    catalog = tmp_path / "catalog.csv"
+    catalog.write_text("path,label,split\na.png,0,train\nb.png,1,tr")
+    with pytest.raises(DatasetError, match=r"line 3 is cut short"):
+        CatalogDataset(catalog, split="train")

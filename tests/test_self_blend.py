@@ -43,9 +43,9 @@ def test_landmark_cache_reuses_unchanged_images_recomputes_changed_ones_and_stay
     calls = []
 
     class Counting(landmarks.LandmarkDetector):
-        def __call__(self, rgb):
+        def locate(self, rgb):
             calls.append(1)
-            return super().__call__(rgb)
+            return super().locate(rgb)
 
     monkeypatch.setattr(landmarks, "LandmarkDetector", Counting)
     again = landmarks.folder_landmarks([faces / "a.png", faces / "b.png"], cache, progress=False)

@@ -4,7 +4,7 @@
     python tools/framing_cost.py -d synthetic_dataset --data-root ../shared/data -cpp CKPT --margins -0.15 0.19 0.3
 
 MTCNN finds the face in each test image; the framing is the median margin (crop side / box side - 1) / 2 that the
-dataset's own crops have around that box (common.FRAMING_MARGINS holds the measured values). With a checkpoint, the
+dataset's own crops have around that box (train_main.py measures the same for every run's training faces). With a checkpoint, the
 test faces are cut again as detect.py would cut a user's photo at each --margin (a square around the MTCNN box, resized
 to the model's size) and scored: the AUC per margin, beside the AUC on the images as the dataset gives them, says what
 a framing unlike the training faces' costs. Writes out/framing_<dataset>.json.
@@ -21,16 +21,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import DATA_ROOT, DATASETS, OUT_DIR  # noqa: E402
 from detector import load_model_from_checkpoint  # noqa: E402
-from face_detection import FaceDetector, crop_face  # noqa: E402
+from face_detection import FaceDetector, crop_face, framing_margin  # noqa: E402
 from faces_dataset import dataset_dir, get_transforms, list_images, load_rgb  # noqa: E402
 from metrics import safe_auc  # noqa: E402
 from models import p_fake  # noqa: E402
 from utils import atomic_write_json, cli_main, crop_margin, get_device, positive_int  # noqa: E402
-
-
-def framing_margin(image_size: tuple[int, int], box: np.ndarray) -> float:
-    """The margin around an MTCNN box that a crop of the whole image has: (image side / box side - 1) / 2."""
-    return float((image_size[0] / max(box[2] - box[0], box[3] - box[1]) - 1) / 2)
 
 
 @cli_main

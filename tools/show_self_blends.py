@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import DATA_ROOT, DATASETS, DEFAULT_SEED, FIGURES_DIR  # noqa: E402
-from faces_dataset import dataset_dir, evenly_spaced, list_images, list_images_under, load_rgb  # noqa: E402
+from faces_dataset import dataset_dir, evenly_spaced, list_images, load_rgb, real_faces_under  # noqa: E402
 from landmarks import folder_landmarks  # noqa: E402
 from self_blend import SelfBlendPairs  # noqa: E402
 from utils import UserError, cli_main, new_figure, positive_int, save_figure  # noqa: E402
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--out", type=Path, default=FIGURES_DIR / "self_blend_triplets.png", help="figure (default: %(default)s)")
     args = p.parse_args(argv)
     if args.real_faces is not None:
-        reals, fakes = list_images_under(args.real_faces), []
+        reals, fakes = real_faces_under(args.real_faces), []
     else:
         train = dataset_dir(args.dataset, "train", args.data_root)
         reals, fakes = list_images(train / "real"), list_images(train / "fake")
