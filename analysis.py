@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from common import DATA_ROOT, DATASETS, DEFAULT_BATCH_SIZE, DEFAULT_SEED, FIGURES_DIR
+from common import BONUS_CHECKPOINT, DATA_ROOT, DATASETS, DEFAULT_BATCH_SIZE, DEFAULT_SEED, FIGURES_DIR, OPTIMIZERS, run_name
 from detector import Detector, load_model_from_checkpoint
 from faces_dataset import catalog_run_name, load_dataset
 from metrics import equal_error_rate
@@ -66,6 +66,34 @@ class AnalysisInputs:
     @property
     def model(self) -> nn.Module:
         return self.detector.module
+
+    @property
+    def prefix(self) -> str:
+        """The stem of the script's outputs: the assignment's <dataset>_<model> for the run's own checkpoint
+        (<dataset>_<model>_<optimizer>.pt, or the published bonus.pt), else <dataset>_<model>__<checkpoint stem>, so a
+        second checkpoint of the same model never replaces the first one's figures and metrics."""
+        return output_prefix(self.dataset_name, self.detector)
+
+    @property
+    def provenance(self) -> dict[str, str]:
+        """What the outputs were made from, written into every figure and metrics file."""
+        return provenance(self.detector)
+
+
+def output_prefix(dataset_name: str, detector: Detector) -> str:
+    """See AnalysisInputs.prefix."""
+    canonical = run_name(dataset_name, detector.name)
+    stem = detector.path.stem if detector.path is not None else ""
+    own = {run_name(dataset_name, detector.name, optimizer) for optimizer in OPTIMIZERS}
+    if stem in own or (detector.name == "Bonus" and stem == BONUS_CHECKPOINT.stem):
+        return canonical
+    return f"{canonical}__{stem}"
+
+
+def provenance(detector: Detector) -> dict[str, str]:
+    """The checkpoint a figure or metrics file comes from: its path, SHA-256 and training run id."""
+    run_id = (detector.record or {}).get("run_id") if isinstance(detector.record, dict) else None
+    return {"Checkpoint": str(detector.path), "Checkpoint SHA-256": detector.sha256 or "", "Run id": run_id or ""}
 
 
 def load_analysis_inputs(checkpoint: Path, *, dataset: str | None, data_root: Path, catalog: Path | None = None,

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from analysis import METHOD_NAMES, add_analysis_args, analysis_inputs_from_flags, compute_cams, overlay
-from common import CLASS_NAMES, run_name
+from common import CLASS_NAMES
 from faces_dataset import dataset_labels
 from models import MODEL_NAMES, p_fake
 from normalization import ASSIGNMENT_NORM, Normalization, to_display
@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> list:
             for ax in axes[:, k]:
                 ax.axis("off")
         fig.suptitle(f"{args.method} of {model_name} on {inputs.dataset_name}: {cls} test images (target class: {cls})")
-        prefix = run_name(inputs.dataset_name, model_name)
-        written.append(save_figure(fig, args.figures_dir / f"{prefix}_{cls.capitalize()}_Image_{suffix}.png"))
+        written.append(save_figure(fig, args.figures_dir / f"{inputs.prefix}_{cls.capitalize()}_Image_{suffix}.png",
+                                   inputs.provenance))
     return written
 
 

@@ -17,7 +17,6 @@ import numpy as np
 from sklearn import metrics
 
 from analysis import add_analysis_args, analysis_inputs_from_flags, get_soft_scores_and_true_labels
-from common import run_name
 from faces_dataset import dataset_sources, load_dataset
 from metrics import (
     AGGREGATES,
@@ -46,7 +45,8 @@ from utils import (
 SCORE_GROUPS = {"A: real score (output 0)": 0, "B: fake score (output 1)": 1}
 
 
-def plot_roc_and_det(labels: np.ndarray, scores: dict[str, np.ndarray], title: str, roc_path: Path, det_path: Path) -> None:
+def plot_roc_and_det(labels: np.ndarray, scores: dict[str, np.ndarray], title: str, roc_path: Path, det_path: Path,
+                     provenance: dict[str, str] | None = None) -> None:
     """ROC and DET curves of every score group, with AUC (ROC) and EER (DET) in the legends."""
     fig, ax = new_figure(figsize=(5.6, 5.2))
     for name, s in scores.items():
@@ -54,17 +54,17 @@ def plot_roc_and_det(labels: np.ndarray, scores: dict[str, np.ndarray], title: s
     ax.plot([0, 1], [0, 1], "k:", lw=1, label="chance (AUC = 0.5)")
     ax.set_title(f"ROC: {title}")
     ax.legend(loc="lower right", fontsize=8)
-    save_figure(fig, roc_path)
+    save_figure(fig, roc_path, provenance)
     fig, ax = new_figure(figsize=(5.6, 5.2))
     for name, s in scores.items():
         eer, _ = equal_error_rate(labels, s)
         metrics.DetCurveDisplay.from_predictions(labels, s, pos_label=1, ax=ax, name=f"{name} (EER = {eer:.3f})")
     ax.set_title(f"DET: {title}")
     ax.legend(loc="upper right", fontsize=8)
-    save_figure(fig, det_path)
+    save_figure(fig, det_path, provenance)
 
 
-def plot_reliability(bins: dict[str, list[dict]], title: str, path: Path) -> Path:
+def plot_reliability(bins: dict[str, list[dict]], title: str, path: Path, provenance: dict[str, str] | None = None) -> Path:
     """Observed share of fakes against mean P(fake) per score bin (the diagonal is perfect calibration)."""
     fig, ax = new_figure(figsize=(5.4, 5.2))
     ax.plot([0, 1], [0, 1], "k:", lw=1, label="perfectly calibrated")
@@ -77,7 +77,7 @@ def plot_reliability(bins: dict[str, list[dict]], title: str, path: Path) -> Pat
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title)
-    return save_figure(fig, path)
+    return save_figure(fig, path, provenance)
 
 
 def per_video_metrics(sources: list[str], labels: np.ndarray, fake_scores: np.ndarray, threshold: float) -> dict:
@@ -162,14 +162,15 @@ def main(argv: list[str] | None = None) -> dict:
     sources = dataset_sources(test_dataset)
     if sources is not None:  # frames of videos (a catalog): one score per video, as DeepfakeBench reports beside frames
         result["video"] = per_video_metrics(sources, labels, fake_scores, value)
-    result.update(model=detector.name, dataset=inputs.dataset_name, checkpoint=str(args.checkpoint_path))
-    prefix = run_name(inputs.dataset_name, detector.name)
+    result.update(model=detector.name, dataset=inputs.dataset_name, checkpoint=str(args.checkpoint_path),
+                  checkpoint_sha256=detector.sha256, run_id=inputs.provenance["Run id"] or None)
+    prefix = inputs.prefix
     plot_roc_and_det(
         labels, {name: (real_scores, fake_scores)[i] for name, i in SCORE_GROUPS.items()}, f"{detector.name} on {inputs.dataset_name}",
-        args.figures_dir / f"{prefix}_roc_curve.png", args.figures_dir / f"{prefix}_det_curve.png",
+        args.figures_dir / f"{prefix}_roc_curve.png", args.figures_dir / f"{prefix}_det_curve.png", inputs.provenance,
     )
     plot_reliability(bins, f"Reliability: {detector.name} on {inputs.dataset_name} (ECE {result['ece']:.3f})",
-                     args.figures_dir / f"{prefix}_reliability.png")
+                     args.figures_dir / f"{prefix}_reliability.png", inputs.provenance)
     atomic_write_json(args.figures_dir / f"{prefix}_metrics.json", result)
     ci = result["ci95"]
     print(f"AUC (group B, fake score): {result['auc']:.4f} (95% CI {ci['auc'][0]:.3f}-{ci['auc'][1]:.3f})   "

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from analysis import AnalysisInputs, add_analysis_args, analysis_inputs_from_flags, get_soft_scores_and_true_labels
 from attacks import CORRUPTIONS, Corruption, attack_batch, cw_attack
-from common import DEFAULT_PGD_STEPS, ROBUSTNESS_EPSILONS, run_name
+from common import DEFAULT_PGD_STEPS, ROBUSTNESS_EPSILONS
 from faces_dataset import dataset_labels, load_dataset
 from metrics import safe_auc
 from models import MODEL_NAMES, p_fake
@@ -101,7 +101,7 @@ def cw_summary(model: nn.Module, norm: Normalization, images01: torch.Tensor, la
     }
 
 
-def plot_curves(result: dict, overlays: list[dict], title: str, path: Path) -> Path:
+def plot_curves(result: dict, overlays: list[dict], title: str, path: Path, provenance: dict | None = None) -> Path:
     """Accuracy and AUC against eps (in /255), one line per attack and run."""
     fig, axes = new_figure(1, 2, figsize=(11, 4.2))
     for run, style in [(result, "-o")] + [(o, "--s") for o in overlays]:
@@ -119,7 +119,7 @@ def plot_curves(result: dict, overlays: list[dict], title: str, path: Path) -> P
     axes[0].axhline(50, color="grey", lw=0.8, ls=":")
     axes[1].axhline(0.5, color="grey", lw=0.8, ls=":")
     fig.suptitle(title)
-    return save_figure(fig, path)
+    return save_figure(fig, path, provenance)
 
 
 def evaluate_corruptions(inputs: AnalysisInputs, families: list[str], data_root: Path, catalog: Path | None,
@@ -141,7 +141,7 @@ def evaluate_corruptions(inputs: AnalysisInputs, families: list[str], data_root:
     return results
 
 
-def plot_corruptions(result: dict, overlays: list[dict], title: str, path: Path) -> Path:
+def plot_corruptions(result: dict, overlays: list[dict], title: str, path: Path, provenance: dict | None = None) -> Path:
     """One panel per family: AUC (solid) and accuracy / 100 (dotted) against severity, clean values as a line."""
     families = list(result["corruptions"])
     fig, axes = new_figure(1, len(families), figsize=(4.2 * len(families), 4.0), squeeze=False)
@@ -166,11 +166,11 @@ def plot_corruptions(result: dict, overlays: list[dict], title: str, path: Path)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("AUC / accuracy (thin line: clean AUC)")
     fig.suptitle(title)
-    return save_figure(fig, path)
+    return save_figure(fig, path, provenance)
 
 
 def plot_examples(model: nn.Module, norm: Normalization, images01: torch.Tensor, labels: torch.Tensor, eps: float,
-                  steps: int, title: str, path: Path) -> Path:
+                  steps: int, title: str, path: Path, provenance: dict | None = None) -> Path:
     """Rows: clean image, PGD adversarial image, perturbation amplified to the full range; titles carry P(fake)."""
     adv = attack_batch("pgd", model, images01, labels, eps=eps, steps=steps, norm=norm)
     with torch.no_grad():
@@ -188,7 +188,7 @@ def plot_examples(model: nn.Module, norm: Normalization, images01: torch.Tensor,
             ax.axis("off")
             ax.set_title(f"{name}\nP(fake) = {probs[k]:.2f}" if probs is not None else "perturbation (amplified)", fontsize=8)
     fig.suptitle(title)
-    return save_figure(fig, path)
+    return save_figure(fig, path, provenance)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -235,8 +235,9 @@ def main(argv: list[str] | None = None) -> dict:
     inputs = analysis_inputs_from_flags(args)
     model, test_dataset, device = inputs.model, inputs.dataset, inputs.device
     norm, model_name, dataset_name = inputs.detector.normalization, inputs.detector.name, inputs.dataset_name
-    name = run_name(dataset_name, model_name, tag=args.tag or "")
+    name = "_".join(part for part in (inputs.prefix, args.tag) if part)
     result: dict = {"model": model_name, "dataset": dataset_name, "checkpoint": str(args.checkpoint_path), "tag": args.tag,
+                    "checkpoint_sha256": inputs.detector.sha256,
                     "n_test": len(test_dataset), "pgd_steps": args.steps, "attacks": {}}
     for attack in args.attacks:
         rows = []
@@ -264,19 +265,19 @@ def main(argv: list[str] | None = None) -> dict:
                                                          args.batch_size, not args.no_progress, args.num_workers)}
         atomic_write_json(args.figures_dir / f"{name}_corruptions.json", [distorted])
         plot_corruptions(distorted, overlays, f"{model_name} on {dataset_name}" + (f" ({args.tag})" if args.tag else "")
-                         + ": everyday distortions", args.figures_dir / f"{name}_corruption_curves.png")
+                         + ": everyday distortions", args.figures_dir / f"{name}_corruption_curves.png", inputs.provenance)
         result["corruptions"] = distorted["corruptions"]
     if not args.attacks:
         return result
 
     atomic_write_json(args.figures_dir / f"{name}_robustness.json", [result])
     title = f"{model_name} on {dataset_name}" + (f" ({args.tag})" if args.tag else "") + f": robustness, PGD-{args.steps}"
-    plot_curves(result, overlays, title, args.figures_dir / f"{name}_robustness_curves.png")
+    plot_curves(result, overlays, title, args.figures_dir / f"{name}_robustness_curves.png", inputs.provenance)
     if len(fake_subset):
         images, y = sample_batch(fake_subset, min(args.n_examples, len(fake_subset)), args.seed + 1)
         plot_examples(model, norm, denormalize(images.to(device), norm), y.to(device), max(args.epsilons) / 255, args.steps,
                       f"Fake test images pushed towards 'real' ({model_name}, {dataset_name})",
-                      args.figures_dir / f"{name}_adversarial_examples.png")
+                      args.figures_dir / f"{name}_adversarial_examples.png", inputs.provenance)
     return result
 
 

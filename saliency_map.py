@@ -16,7 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from analysis import add_analysis_args, analysis_inputs_from_flags
-from common import CLASS_NAMES, run_name
+from common import CLASS_NAMES
 from models import MODEL_NAMES
 from normalization import to_display
 from utils import (
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> list:
     inputs = analysis_inputs_from_flags(args)
     model, test_dataset, device = inputs.model, inputs.dataset, inputs.device
     norm, model_name = inputs.detector.normalization, inputs.detector.name
-    prefix = args.figures_dir / run_name(inputs.dataset_name, model_name)
+    prefix = args.figures_dir / inputs.prefix
 
     images, labels = sample_batch(test_dataset, min(args.n_pairs, len(test_dataset)), args.seed)
     maps = compute_gradient_saliency_maps(images.to(device), labels.to(device), model).cpu()
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> list:
         for ax in axes[:, i]:
             ax.axis("off")
     fig.suptitle(f"{model_name} on {inputs.dataset_name}: images and their saliency maps (|grad| of the true-class score)")
-    pairs = save_figure(fig, f"{prefix}_saliency_maps_and_images_pairs.png")
+    pairs = save_figure(fig, f"{prefix}_saliency_maps_and_images_pairs.png", inputs.provenance)
 
     means = mean_saliency_per_class(model, test_dataset, args.batch_size, device, not args.no_progress, args.num_workers)
     fig, axes = new_figure(1, len(means), figsize=(4.2 * len(means), 4.4), squeeze=False)
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> list:
         ax.set_title(f"mean saliency: {CLASS_NAMES[c]} test images")
         ax.axis("off")
         fig.colorbar(shown, ax=ax, fraction=0.046)
-    mean_path = save_figure(fig, f"{prefix}_mean_saliency_maps.png")
+    mean_path = save_figure(fig, f"{prefix}_mean_saliency_maps.png", inputs.provenance)
     return [pairs, mean_path]
 
 

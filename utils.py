@@ -373,13 +373,14 @@ def new_figure(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
     return plt.subplots(*args, **kwargs)
 
 
-def save_figure(fig: Any, path: str | Path) -> Path:
-    """Save a matplotlib figure (creating its folder), close it, and say where it went."""
+def save_figure(fig: Any, path: str | Path, provenance: dict[str, str] | None = None) -> Path:
+    """Save a matplotlib figure (creating its folder), close it, and say where it went; `provenance` (e.g. the
+    checkpoint and its SHA-256) goes into the PNG's text chunks, so a figure says what it was drawn from."""
     import matplotlib.pyplot as plt
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    fig.savefig(path, dpi=120, bbox_inches="tight", metadata=provenance or None)
     plt.close(fig)
     print(f"saved {path}")
     return path

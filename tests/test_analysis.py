@@ -281,7 +281,7 @@ def test_numerical_analysis_scores_each_video_of_a_catalog(trained, demo_root, t
     result = numerical_analysis.main(["-cpp", str(trained), "--catalog", str(catalog), "--figures-dir", str(tmp_path),
                                       "--bootstrap", "20", "--no-progress"])
     assert result["dataset"] == "catalog-clips" and result["n_samples"] == 8
-    assert (tmp_path / "catalog-clips_SimpleNet_roc_curve.png").is_file()
+    assert (tmp_path / "catalog-clips_SimpleNet__fakes_dataset_SimpleNet_Adam_roc_curve.png").is_file()  # another run's checkpoint
     detector = load_model_from_checkpoint(trained)
     model = detector.module
     test = load_dataset("", "test", None, detector.image_size, norm=detector.normalization, catalog=catalog)

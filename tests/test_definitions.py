@@ -150,6 +150,7 @@ def test_catalog_splits_select_their_own_rows(tmp_path):
     from PIL import Image
 
     from faces_dataset import CatalogDataset
+    from splits import build_splits
 
     lines = ["path,source,label,split"]
     (tmp_path / "crops").mkdir()
@@ -160,11 +161,12 @@ def test_catalog_splits_select_their_own_rows(tmp_path):
             lines.append(f"{name},{split}_{i}.mp4,{i % 2},{split}")
     (tmp_path / "catalog.csv").write_text("\n".join(lines) + "\n")
     args = train_main.parse_args(["--catalog", str(tmp_path / "catalog.csv"), "--image-size", "64"])
-    splits = train_main.load_splits(args, IMAGENET_NORM)
-    for ds, split, n in zip(splits, ("train", "val", "test"), (4, 2, 3)):
+    settings = train_main.data_settings(args)
+    splits = build_splits(settings, IMAGENET_NORM, progress=False)
+    for ds, split, n in zip((splits.train, splits.val, splits.test), ("train", "val", "test"), (4, 2, 3)):
         assert isinstance(ds, CatalogDataset) and [p.name for p in ds.paths] == [f"{split}_{i}.png" for i in range(n)]
         assert ds.labels == [i % 2 for i in range(n)]
-    assert train_main.run_dataset_name(args) == f"catalog-{tmp_path.name}"  # never -d's file names
+    assert settings.run_dataset_name == f"catalog-{tmp_path.name}"  # never -d's file names
 
 
 def test_summarize_run_reports_the_values_of_the_logs(tmp_path):

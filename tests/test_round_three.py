@@ -259,3 +259,52 @@ def test_a_catalog_cut_mid_line_is_refused_with_its_line_number(tmp_path):
     catalog.write_text("path,label,split\na.png,0,train\nb.png,1,tr")
     with pytest.raises(DatasetError, match=r"line 3 is cut short"):
         CatalogDataset(catalog, split="train")
+
+
+# ---- one run's numbers beside that run only; a second checkpoint's outputs beside the first's ---------------------------
+def test_a_second_checkpoint_does_not_replace_the_first_ones_figures_and_names_itself(demo_root, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    import numerical_analysis
+    import train_main
+
+    train_main.main(["-d", "fakes_dataset", "-m", "Bonus", "-e", "1", "-b", "8", "--image-size", "64", "--data-root",
+                     str(demo_root), "--out-dir", str(tmp_path), "--checkpoint-dir", str(tmp_path), "--no-progress",
+                     "--num-workers", "0"])
+    first = tmp_path / "fakes_dataset_Bonus_Adam.pt"
+    second = tmp_path / "experiment.pt"
+    shutil.copyfile(first, second)
+    figures = tmp_path / "figures"
+    common = ["-d", "fakes_dataset", "--data-root", str(demo_root), "--figures-dir", str(figures), "--bootstrap", "10",
+              "--no-progress"]
+    numerical_analysis.main(["-cpp", str(first), *common])
+    mine = json.loads((figures / "fakes_dataset_Bonus_metrics.json").read_text())
+    numerical_analysis.main(["-cpp", str(second), *common])
+    assert json.loads((figures / "fakes_dataset_Bonus_metrics.json").read_text()) == mine  # untouched
+    theirs = json.loads((figures / "fakes_dataset_Bonus__experiment_metrics.json").read_text())
+    assert theirs["checkpoint"] == str(second) and mine["checkpoint"] == str(first)
+    assert mine["run_id"] == json.loads((tmp_path / "fakes_dataset_Bonus_Adam.json").read_text())[-1]["run_id"]
+    roc = Image.open(figures / "fakes_dataset_Bonus__experiment_roc_curve.png")
+    assert roc.text["Checkpoint"] == str(second) and len(roc.text["Checkpoint SHA-256"]) == 64
+
+
+def test_the_report_shows_a_metrics_file_only_beside_the_run_it_belongs_to(tmp_path):
+    from make_report import build_report
+
+    out, figures = tmp_path / "out", tmp_path / "figures"
+    out.mkdir()
+    figures.mkdir()
+    record = {"model": "SimpleNet", "dataset": "fakes_dataset", "val_acc": [60.0], "best_epoch": 1, "best_val_acc": 60.0,
+              "test_acc_at_best_val": 61.0, "run_id": "run-A", "config": {"n_params": 1}}
+    (out / "fakes_dataset_SimpleNet_Adam.json").write_text(json.dumps([record]))
+    metrics = {"auc": 0.91234, "eer": 0.1, "average_precision": 0.9, "auc_group_a_real_score": 0.08766, "accuracy": 0.9,
+               "accuracy_at_val_threshold": 0.9, "val_threshold": 0.5, "ece": 0.01, "run_id": "run-B",
+               "checkpoint": "checkpoints/other.pt"}
+    (figures / "fakes_dataset_SimpleNet_metrics.json").write_text(json.dumps(metrics))
+    page, _ = build_report(out, figures, out)
+    assert "0.9123" not in page and "Not this run" in page and "checkpoints/other.pt (run id run-B)" in page
+    (figures / "fakes_dataset_SimpleNet_metrics.json").write_text(json.dumps({**metrics, "run_id": "run-A"}))
+    page, _ = build_report(out, figures, out)
+    assert "0.9123" in page and "Not this run" not in page

@@ -263,7 +263,14 @@ def metrics_answers(run: Run, dataset: str, model: str) -> str:
                     "the fewer misses and false alarms together; where the curve crosses the diagonal is the EER.", how)]
     path = run.figure(f"{run_name(dataset, model)}_metrics.json")
     data = read_json(path)
-    if isinstance(data, dict):
+    record = last_record(run.log_path(dataset, model))
+    other = other_run(data, record)
+    if other:
+        parts.append(f'<div class="missing" data-other-run="{html.escape(path.name)}"><b>Not this run:</b> '
+                     f'{html.escape(path.name)} was written for {html.escape(other)}, not for the run in '
+                     f'{html.escape(run.log_path(dataset, model).name)} (run id {html.escape(str(record["run_id"]))}), so '
+                     f'its numbers are not shown beside it. Make them with <code>{html.escape(how)}</code>.</div>')
+    elif isinstance(data, dict):
         ci = data.get("ci95", {}).get("auc")
         interval = f" (95 % CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
         parts.append(f'<p class="answer">Group B (fake score): AUC {num(run, path, data, "auc", ".4f")}{interval}, '
@@ -277,6 +284,16 @@ def metrics_answers(run: Run, dataset: str, model: str) -> str:
     parts.append(figure(run, f"{run_name(dataset, model)}_reliability.png", "Calibration: mean P(fake) against the share of "
                         "fakes per bin; on the diagonal, a score of 0.8 means fake 8 times in 10.", how))
     return "\n".join(parts)
+
+
+def other_run(data: Any, record: dict | None) -> str | None:
+    """When an analysis file was made from another checkpoint than the logged run's: which one (its path and run id);
+    None when they match or the file does not say (files of versions before it recorded its checkpoint)."""
+    if not isinstance(data, dict) or record is None or not data.get("run_id") or not record.get("run_id"):
+        return None
+    if data["run_id"] == record["run_id"]:
+        return None
+    return f"checkpoint {data.get('checkpoint', '?')} (run id {data['run_id']})"
 
 
 def assignment_training_chapter(run: Run) -> str:
@@ -377,7 +394,7 @@ def bonus_chapter(run: Run) -> str:
     data = read_json(path)
     log = run.log_path("fakes_dataset", "Bonus")
     record = last_record(log)
-    if isinstance(data, dict) and record is not None:
+    if isinstance(data, dict) and record is not None and not other_run(data, record):
         parts.append(f'<p class="answer">Test AUC {num(run, path, data, "auc", ".4f")} with '
                      f'{num(run, log, [record], "-1/config/n_params", ",d")} parameters (checkpoints/bonus.pt).</p>')
     else:
