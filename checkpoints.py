@@ -24,6 +24,7 @@ from torch import nn
 from utils import UserError, atomic_torch_save, resolve_input_path
 
 FORMAT = "fmd-checkpoint-v2"
+TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"  # how torch.save's pre-zip format begins (a pickled magic number)
 
 
 def plain(obj: Any) -> Any:
@@ -56,6 +57,11 @@ def read_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
     path = resolve_input_path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; train it first with train_main.py (see README)")
+    with open(path, "rb") as handle:
+        head = handle.read(len(TORCH_LEGACY_MAGIC))
+    if head[:1] == b"\x80" and head != TORCH_LEGACY_MAGIC:  # a pickle, neither torch's zip nor its legacy format
+        raise UserError(f"{path} is not a checkpoint written by this suite (a plain pickle); it is never loaded, since "
+                        "loading a pickle can run code")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as err:

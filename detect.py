@@ -25,6 +25,7 @@ import glob
 import json
 import os
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,7 +49,7 @@ from face_detection import (
     sample_frames,
     square_box,
 )
-from faces_dataset import DatasetError, FacesDataset, load_rgb
+from faces_dataset import DatasetError, FacesDataset, is_hidden, load_rgb
 from metrics import AGGREGATES, Threshold, aggregate
 from models import MODEL_NAMES
 from utils import (
@@ -113,8 +114,9 @@ ANNOTATED = re.compile(r"\.annotated(-\d+)?\.(png|mp4)$")  # the names annotatio
 
 
 def is_own_output(path: Path) -> bool:
-    """Whether a file is one of detect.py's annotated copies or a hidden temp file of a writer: never an input."""
-    return bool(ANNOTATED.search(path.name)) or path.name.startswith(".")
+    """Whether a file is one of detect.py's annotated copies or a hidden file (a writer's temp file, macOS ._*
+    AppleDouble, faces_dataset.is_hidden): never an input."""
+    return bool(ANNOTATED.search(path.name)) or is_hidden(path)
 
 
 def expand_inputs(paths: list[str]) -> tuple[list[Path], list[str]]:
@@ -134,10 +136,16 @@ def expand_inputs(paths: list[str]) -> tuple[list[Path], list[str]]:
             if not matches:
                 problems.append(f"{text}: no file matches this pattern")
         elif path.is_dir():
-            usable = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in media)
+            files = sorted(p for p in path.rglob("*") if p.is_file() and not is_hidden(p, path))
+            usable = [p for p in files if p.suffix.lower() in media]
             inside = [p for p in usable if not is_own_output(p)]
             own += len(usable) - len(inside)
             found += inside
+            others = sorted({p.suffix.lower() or "(no extension)" for p in files if p.suffix.lower() not in media})
+            if others:
+                n = len(files) - len(usable)
+                problems.append(f"{text}: {n} file(s) of kinds the suite does not read ({', '.join(others)}); convert "
+                                f"them to one of {', '.join(media)} to score them")
             if not inside:
                 problems.append(f"{text}: no image or video in this folder")
         elif path.is_file():
@@ -343,8 +351,19 @@ def folder_threshold(folder: Path, scorer: Scorer) -> Threshold:
     return Threshold(value, f"EER on {folder} ({len(dataset)} crops)")
 
 
+def dash_named_files(argv: list[str]) -> list[str]:
+    """Arguments before any -- that name an existing file but look like options (a photo called -me.png)."""
+    head = argv[: argv.index("--")] if "--" in argv else argv
+    return [a for a in head if a.startswith("-") and len(a) > 1 and Path(a).is_file()]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    dashed = dash_named_files(argv)
+    if dashed:
+        p.error(f"{dashed[0]} is a file whose name starts with a dash, which reads as an option: put the files after --, "
+                f"e.g. detect.py [options] -- {dashed[0]}")
     p.add_argument("paths", nargs="+", help="images, videos, folders (searched recursively) or glob patterns "
                    "(a name that starts with a dash goes after --: detect.py -- -photo.png)")
     p.add_argument("-cpp", "--checkpoint_path", "--checkpoint", dest="checkpoint_path", type=Path, default=SHIPPED_DETECTOR,

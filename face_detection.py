@@ -200,6 +200,15 @@ def frames_ffmpeg(path: Path, fps: float, max_frames: int) -> Iterator[Frame]:
         yield k, k / fps, image
 
 
+def image_format(path: Path) -> str | None:
+    """The still-image format of a file (JPEG, PNG, ...) when Pillow recognises it as one, else None."""
+    try:
+        with Image.open(path) as image:
+            return image.format if getattr(image, "n_frames", 1) == 1 else None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+
+
 def video_info(path: Path) -> tuple[int, float]:
     """(frame count, frames per second) of a video, from OpenCV's container metadata."""
     import cv2
@@ -240,11 +249,16 @@ def count_frames(path: Path) -> int:
 def sample_frames(path: Path, n: int, extractor: str = "auto") -> Iterator[Frame]:
     """n frames evenly spaced over the frames the video really holds (DeepfakeBench evaluates 32 per video; a header
     that disagrees is reported), decoded by ffmpeg when it is on PATH (or asked for), else by OpenCV."""
+    still = image_format(path)
+    if still is not None:
+        raise OSError(f"it is a {still} image named like a video; rename it to its own extension (.{still.lower()})")
     header, native = video_info(path)
     total = count_frames(path)
     if total == 0:
         raise OSError("no frame could be decoded")
-    if header != total:
+    if header < 0:  # OpenCV's answer for a container without a count
+        tqdm.write(f"note: {path.name}'s header does not say how many frames it holds; it holds {total}")
+    elif header != total:
         tqdm.write(f"note: {path.name}'s header says {header} frames, it holds {total}: sampled over the {total}")
     indices = evenly_spaced_indices(total, n)
     read = sample_frames_ffmpeg if frame_reader(extractor)[1] == "ffmpeg" else sample_frames_opencv

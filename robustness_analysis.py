@@ -102,14 +102,21 @@ def cw_summary(model: nn.Module, norm: Normalization, images01: torch.Tensor, la
 
 
 def plot_curves(result: dict, overlays: list[dict], title: str, path: Path, provenance: dict | None = None) -> Path:
-    """Accuracy and AUC against eps (in /255), one line per attack and run."""
+    """Accuracy and AUC against eps (in /255), one line per attack and run; a series with no finite value is not drawn
+    (nor listed in the legend), and an overlay that adds nothing is named once."""
     fig, axes = new_figure(1, 2, figsize=(11, 4.2))
     for run, style in [(result, "-o")] + [(o, "--s") for o in overlays]:
         label = run.get("tag") or "plain"
+        drawn = 0
         for attack, rows in run.get("attacks", {}).items():
             eps = [r["eps_255"] for r in rows]
-            axes[0].plot(eps, [r["accuracy"] for r in rows], style, label=f"{attack.upper()} ({label})")
-            axes[1].plot(eps, [r["auc"] if r["auc"] is not None else np.nan for r in rows], style, label=f"{attack.upper()} ({label})")
+            for ax, key in zip(axes, ("accuracy", "auc")):
+                values = [np.nan if r.get(key) is None else r[key] for r in rows]
+                if np.isfinite(values).any():
+                    ax.plot(eps, values, style, label=f"{attack.upper()} ({label})")
+                    drawn += 1
+        if not drawn and run is not result:
+            print(f"note: the overlay {run.get('checkpoint', label)} holds no attack curve to draw (no finite accuracy or AUC)")
     axes[0].set_ylabel("accuracy (%)")
     axes[1].set_ylabel("AUC")
     for ax in axes:

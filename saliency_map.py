@@ -89,6 +89,10 @@ def main(argv: list[str] | None = None) -> list:
     pairs = save_figure(fig, f"{prefix}_saliency_maps_and_images_pairs.png", inputs.provenance)
 
     means = mean_saliency_per_class(model, test_dataset, args.batch_size, device, not args.no_progress, args.num_workers)
+    if len(means) == 1:
+        (only,) = means
+        print(f"note: the {inputs.dataset_name} test split holds {CLASS_NAMES[only]} images only; the mean saliency "
+              "figure shows that class alone")
     fig, axes = new_figure(1, len(means), figsize=(4.2 * len(means), 4.4), squeeze=False)
     for ax, (c, m) in zip(axes[0], sorted(means.items())):
         shown = ax.imshow(m, cmap="hot")

@@ -308,3 +308,87 @@ def test_the_report_shows_a_metrics_file_only_beside_the_run_it_belongs_to(tmp_p
     (figures / "fakes_dataset_SimpleNet_metrics.json").write_text(json.dumps({**metrics, "run_id": "run-A"}))
     page, _ = build_report(out, figures, out)
     assert "0.9123" in page and "Not this run" not in page
+
+
+# ---- the confusing cases: one sentence and the right exit code ---------------------------------------------------------
+def test_a_plain_pickle_is_named_as_such_and_never_loaded(tmp_path):
+    import pickle
+
+    from checkpoints import read_checkpoint
+    from utils import UserError
+
+    path = tmp_path / "model.pt"
+    path.write_bytes(pickle.dumps({"model": {"w": [1.0]}}))
+    with pytest.raises(UserError) as err:
+        read_checkpoint(path)
+    assert str(err.value) == (f"{path} is not a checkpoint written by this suite (a plain pickle); it is never loaded, "
+                              "since loading a pickle can run code")
+
+
+def test_detect_names_a_dashed_file_a_disguised_jpeg_and_the_kinds_it_skips(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    import detect
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "-me.png")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        detect.parse_args(["-me.png"])
+    assert exit_info.value.code == 2 and "put the files after --, e.g. detect.py [options] -- -me.png" in capsys.readouterr().err
+    folder = tmp_path / "media"
+    folder.mkdir()
+    Image.new("RGB", (32, 32)).save(folder / "clip.mp4", format="JPEG")  # a JPEG named like a video
+    Image.new("RGB", (32, 32)).save(folder / "anim.gif")
+    found, problems = detect.expand_inputs([str(folder)])
+    assert found == [folder / "clip.mp4"] and any("1 file(s) of kinds the suite does not read (.gif)" in p for p in problems)
+    from face_detection import sample_frames
+
+    with pytest.raises(OSError, match=r"it is a JPEG image named like a video; rename it to its own extension \(\.jpeg\)"):
+        next(sample_frames(folder / "clip.mp4", 4))
+
+
+def test_the_report_calls_a_corrupt_file_corrupt_and_a_read_only_folder_one_sentence(tmp_path, capsys, monkeypatch):
+    import make_report
+    import utils
+
+    out, figures = tmp_path / "out", tmp_path / "figures"
+    out.mkdir()
+    figures.mkdir()
+    (out / "fakes_dataset_SimpleNet_Adam.json").write_text('[{"model": "SimpleNet", "val_acc": [')
+    (figures / "fakes_dataset_SimpleNet_metrics.json").write_text("{not json")
+    page, _ = make_report.build_report(out, figures, out)
+    assert "<b>Corrupt:</b> fakes_dataset_SimpleNet_Adam.json exists" in page
+    assert "<b>Corrupt:</b> ../figures/fakes_dataset_SimpleNet_metrics.json exists" in page
+    def read_only(*_args, **_kwargs):  # what a read-only folder answers (root writes anywhere, so it is simulated)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(utils.tempfile, "NamedTemporaryFile", read_only)
+    with pytest.raises(SystemExit) as exit_info:
+        make_report.main(["--out-dir", str(out), "--figures-dir", str(figures)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "is not writable (Permission denied)" in err and "Traceback" not in err
+
+
+def test_a_missing_browser_says_nothing_was_written(tmp_path, monkeypatch, capsys):
+    import make_report
+
+    (tmp_path / "out").mkdir()
+    monkeypatch.setenv("CHROMIUM", str(tmp_path / "no-browser"))
+    monkeypatch.setattr(make_report.shutil, "which", lambda _: None)
+    with pytest.raises(SystemExit):
+        make_report.main(["--out-dir", str(tmp_path / "out"), "--figures-dir", str(tmp_path), "--pdf"])
+    err = capsys.readouterr().err
+    assert "nothing was written" in err and "written already" not in err and not (tmp_path / "out" / "report.html").exists()
+
+
+def test_an_overlay_without_a_drawable_curve_adds_no_legend_entry(tmp_path, monkeypatch, capsys):
+    import robustness_analysis
+
+    figures = []
+    monkeypatch.setattr(robustness_analysis, "save_figure", lambda fig, path, provenance=None: figures.append(fig))
+    result = {"tag": "", "attacks": {"pgd": [{"eps_255": 0, "accuracy": 90.0, "auc": 0.9},
+                                             {"eps_255": 8, "accuracy": 10.0, "auc": 0.2}]}}
+    blank = {"tag": "advpgd", "checkpoint": "adv.pt", "attacks": {"pgd": [{"eps_255": 0, "accuracy": None, "auc": None}]}}
+    robustness_analysis.plot_curves(result, [blank], "t", tmp_path / "x.png")
+    labels = [t.get_text() for ax in figures[0].axes for t in (ax.get_legend().get_texts() if ax.get_legend() else [])]
+    assert labels == ["PGD (plain)", "PGD (plain)"] and "the overlay adv.pt holds no attack curve" in capsys.readouterr().out

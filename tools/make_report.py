@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import DATASETS, FIGURES_DIR, OUT_DIR, run_name  # noqa: E402
 from faces_dataset import is_demo_data  # noqa: E402
 from trainer import HISTORY_KEYS  # noqa: E402
-from utils import UserError, atomic_write, cli_main, last_record, read_step_times  # noqa: E402
+from utils import UserError, atomic_write, cli_main, last_record, read_step_times, writable_dir  # noqa: E402
 
 OPTIMIZER = "Adam"  # run_me.sh trains every model with the assignment's optimizer
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -117,12 +117,18 @@ def computed(value: int, how: str) -> str:
     return f'<span class="num" data-computed="{html.escape(how)}">{value:,d}</span>'
 
 
-def missing(run: Run, what: str, how: str) -> str:
-    """A marked gap: what is missing and the command that makes it."""
+def missing(run: Run, what: str, how: str, path: Path | None = None) -> str:
+    """A marked gap: what is missing and the command that makes it; when `path` exists the file is there but
+    unreadable (corrupt JSON, or no log), which the mark says instead of "did not run"."""
     if what not in run.missing:
         run.missing.append(what)
     if run.chapter not in run.chapters_with_gaps:
         run.chapters_with_gaps.append(run.chapter)
+    if path is not None and path.exists():
+        return (f'<div class="missing" data-missing="{html.escape(what)}" data-corrupt="{html.escape(run.ref(path))}">'
+                f'<b>Corrupt:</b> {html.escape(run.ref(path))} exists but is not readable as {html.escape(what)} '
+                f'(cut short or edited?). Look at it, or make it again with <code>{html.escape(how)}</code>, then run '
+                f'<code>python tools/make_report.py</code> again.</div>')
     return (f'<div class="missing" data-missing="{html.escape(what)}"><b>Missing:</b> {html.escape(what)} '
             f'(the step did not run or failed). Make it with <code>{html.escape(how)}</code>, then run '
             f'<code>python tools/make_report.py</code> again.</div>')
@@ -237,7 +243,7 @@ def training_answers(run: Run, dataset: str, model: str, number: int, epochs: in
     record = last_record(path)
     parts = []
     if record is None:
-        parts.append(missing(run, f"training log {path.name}", train_command(dataset, model, epochs, extra)))
+        parts.append(missing(run, f"training log {path.name}", train_command(dataset, model, epochs, extra), path))
     for kind, what in (("losses_plot", "Loss per epoch: train falling while val rises means over-fitting."),
                        ("accuracies_plot", "Accuracy per epoch: the gap between train and val is what the model "
                                            "memorised; test follows val when the splits are alike.")):
@@ -280,7 +286,7 @@ def metrics_answers(run: Run, dataset: str, model: str) -> str:
                      f'{num(run, path, data, "accuracy_at_val_threshold", ".2%")} % at the validation threshold '
                      f'{num(run, path, data, "val_threshold", ".3f")}; ECE {num(run, path, data, "ece", ".4f")}.</p>')
     else:
-        parts.append(missing(run, f"metrics {path.name}", how))
+        parts.append(missing(run, f"metrics {path.name}", how, path))
     parts.append(figure(run, f"{run_name(dataset, model)}_reliability.png", "Calibration: mean P(fake) against the share of "
                         "fakes per bin; on the diagonal, a score of 0.8 means fake 8 times in 10.", how))
     return "\n".join(parts)
@@ -625,8 +631,8 @@ def find_chromium() -> str:
         if found:
             return found
     raise UserError("--pdf prints with headless Chromium, which is not installed: `sudo apt-get install chromium` "
-                    "(Debian/Ubuntu), or set CHROMIUM to a Chrome/Chromium binary; out/report.html is written already "
-                    "and prints from any browser")
+                    "(Debian/Ubuntu), or set CHROMIUM to a Chrome/Chromium binary; nothing was written: without --pdf "
+                    "the HTML report is written, and it prints from any browser")
 
 
 def chromium_command(browser: str, profile: str) -> list[str]:
@@ -688,6 +694,7 @@ def main(argv: list[str] | None = None) -> Path:
     if not args.out_dir.is_dir():
         raise UserError(f"--out-dir {args.out_dir} does not exist: run the pipeline first (./run_me.sh), or point "
                         "--out-dir and --figures-dir at a run's folders")
+    writable_dir(output.parent, "the report's folder")  # a read-only folder: one sentence, before any work
     check_outputs(output, args.pdf)
     if args.pdf:
         find_chromium()  # before the page is built, so a missing browser is said at once
