@@ -218,3 +218,28 @@ def test_cross_eval_target_val_thresholds_are_the_eer_of_each_target_val_split(d
         assert row["threshold"] == pytest.approx(equal_error_rate(labels, scores)[1])
         assert row["threshold_source"] == f"EER on {demo_root.name}/{row['test_set']}/val"
     assert rows[0]["threshold"] != rows[1]["threshold"]
+
+
+def test_cross_eval_keeps_a_checkpoints_earlier_cells_when_a_later_test_set_fails(demo_root, tmp_path, monkeypatch):
+    import shutil
+
+    import cross_eval
+    import train_main
+
+    train_main.main(TRAIN + ["--data-root", str(demo_root), "--out-dir", str(tmp_path), "--checkpoint-dir", str(tmp_path)])
+    root = tmp_path / "root"
+    shutil.copytree(demo_root, root)
+    real_load = cross_eval.load_dataset
+
+    def fail_on_synthetic(dataset, split, *args, **kwargs):
+        if dataset == "synthetic_dataset" and split == "test":
+            raise OSError("the disk went away")
+        return real_load(dataset, split, *args, **kwargs)
+
+    monkeypatch.setattr(cross_eval, "load_dataset", fail_on_synthetic)
+    with pytest.raises(OSError):
+        cross_eval.main(["--checkpoints", str(tmp_path / "fakes_dataset_Bonus_Adam.pt"), "--data-roots", str(root),
+                         "--out-dir", str(tmp_path / "o"), "--figures-dir", str(tmp_path / "f"), "--no-progress",
+                         "--bootstrap", "10"])
+    saved = json.loads((tmp_path / "o" / "cross_eval.json").read_text())
+    assert [cell["test_set"] for cell in saved] == ["fakes_dataset"] and saved[0]["n"] == 8

@@ -241,3 +241,15 @@ def test_faces_are_cut_the_way_the_checkpoints_training_faces_were(media, checkp
     assert read_checkpoint(tmp_path / "synthetic_dataset_Bonus_Adam.pt")["framing"] == measure_framing(
         list_files_under(train / "real") + list_files_under(train / "fake"), f"the train faces of {demo_root / 'synthetic_dataset'}").to_dict()
     assert square_box(np.array([100, 100, 200, 200]), -0.15, 512, 512) == (115, 115, 185, 185)
+
+
+def test_a_third_annotate_run_numbers_past_the_copies_already_there(media, checkpoint, tmp_path):
+    folder = tmp_path / "ann"
+    photo = str(media / "astronaut.png")
+    for _ in range(3):
+        detect.main([photo, "-cpp", str(checkpoint), "--annotate", str(folder), "--no-progress"])
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["astronaut.png.annotated-2.png", "astronaut.png.annotated-3.png", "astronaut.png.annotated.png"]
+    first = (folder / "astronaut.png.annotated.png").read_bytes()
+    detect.main([photo, "-cpp", str(checkpoint), "--annotate", str(folder), "--no-progress"])  # a fourth: -4, none replaced
+    assert (folder / "astronaut.png.annotated.png").read_bytes() == first and (folder / "astronaut.png.annotated-4.png").is_file()

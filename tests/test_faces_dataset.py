@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import csv
+
 import numpy as np
 import pytest
 import torch
@@ -126,3 +128,23 @@ def test_torchvision_decoder_gives_pillows_pixels_and_falls_back(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     with pytest.raises(DatasetError, match="bad.jpg.*corrupt"):
         load_image(tmp_path / "bad.jpg", "torchvision")
+
+
+def test_a_catalog_row_that_leaves_the_catalogs_folder_is_refused(tmp_path):
+    (tmp_path / "crops").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "crops" / "a.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "outside.png")
+    for bad in ("../outside.png", "sub/../../outside.png", "../crops/../../outside.png"):
+        with open(tmp_path / "crops" / "catalog.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerows([["path", "label", "split"], ["a.png", "0", "train"], [bad, "1", "train"]])
+        with pytest.raises(DatasetError) as err:
+            CatalogDataset(tmp_path / "crops" / "catalog.csv")
+        assert f"data row 2: the relative path {bad} leads outside the catalog's folder" in str(err.value)
+        assert "delete" not in str(err.value)
+    with open(tmp_path / "crops" / "catalog.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["path", "label", "split"], ["a.png", "0", "train"], ["./a.png", "1", "train"]])
+    assert [p.name for p in CatalogDataset(tmp_path / "crops" / "catalog.csv").paths] == ["a.png", "a.png"]
+    with open(tmp_path / "crops" / "catalog.csv", "w", newline="") as f:  # an absolute path names its file on purpose
+        csv.writer(f).writerows([["path", "label", "split"], ["a.png", "0", "train"], [tmp_path / "outside.png", "1", "train"]])
+    assert CatalogDataset(tmp_path / "crops" / "catalog.csv").paths[1] == tmp_path / "outside.png"

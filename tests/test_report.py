@@ -209,3 +209,21 @@ def test_a_file_of_the_users_is_never_written_over(work, tmp_path):
     for _ in range(2):
         make_report.main(["--out-dir", str(work / "out"), "--figures-dir", str(work / "figures"), "--output", str(mine)])
     assert make_report.GENERATOR in mine.read_text()
+
+
+def test_the_cross_dataset_chapter_shows_cross_evals_accuracies_as_percentages(tmp_path):
+    """A cross_eval.json as tools/cross_eval.py writes it (accuracy a fraction): the chapter shows 87.5, not 0.875 (the
+    value is checked against the format the chapter means, computed here, not against the one the page declares);
+    an empty file is a missing step."""
+    out, figures = tmp_path / "out", tmp_path / "figures"
+    out.mkdir()
+    figures.mkdir()
+    cells = [{"checkpoint": "a", "test_set": "fakes_dataset", "n": 8, "auc": 0.93751, "accuracy": 0.875},
+             {"checkpoint": "a", "test_set": "synthetic_dataset", "n": 8, "auc": None, "accuracy": 0.5}]
+    (out / "cross_eval.json").write_text(json.dumps(cells))
+    page, _ = build_report(out, figures, out)
+    shown = {n["data-key"]: n["text"] for n in parse(page).numbers if n.get("data-src") == "cross_eval.json"}
+    assert shown == {"0/n": "8", "0/auc": "0.9375", "0/accuracy": f"{100 * 0.875:.1f}"}
+    (out / "cross_eval.json").write_text("[]")
+    page, _ = build_report(out, figures, out)
+    assert any("cross_eval" in item for item in parse(page).missing)

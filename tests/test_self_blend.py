@@ -281,3 +281,53 @@ def test_a_model_trained_on_self_blends_of_toy_faces_detects_a_toy_swap_it_never
     control = swap_detection_auc(tmp_path / "no-op", (0.0,), monkeypatch)  # same training, blends that change nothing
     print(f'toy swap AUC {trained:.3f} trained on self-blends, {control:.3f} on no-op blends')
     assert trained >= 0.8 and control <= 0.65, (trained, control)
+
+
+def test_each_kind_of_alteration_occurs_and_none_is_never_drawn(monkeypatch):
+    """Colour only, sharpness only and both each happen (about 1/2, 1/4, 1/4 of the draws), never neither."""
+    kinds = []
+    seen: list[str] = []
+    monkeypatch.setattr(self_blend, "alter_colour", lambda image, rng: seen.append("colour") or image)
+    monkeypatch.setattr(self_blend, "alter_frequency", lambda image, rng: seen.append("frequency") or image)
+    image = np.zeros((8, 8, 3), np.uint8)
+    for seed in range(400):
+        seen.clear()
+        self_blend.alter(image, np.random.default_rng(seed))
+        kinds.append("+".join(seen))
+    counts = {kind: kinds.count(kind) for kind in set(kinds)}
+    assert set(counts) == {"colour", "frequency", "colour+frequency"}
+    assert 150 < counts["colour"] < 250 and 60 < counts["frequency"] < 140 and 60 < counts["colour+frequency"] < 140
+
+
+def test_with_fakes_both_every_dataset_fake_of_a_batch_is_labelled_fake(tmp_path):
+    faces, fakes = [], []
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        image, _ = toy_face(rng)
+        faces.append(tmp_path / f"real{k}.png")
+        Image.fromarray(image).save(faces[-1])
+    for k in range(5):  # an odd count: the last pair repeats the last fake
+        fakes.append(tmp_path / f"fake{k}.png")
+        Image.fromarray(np.full((48, 48, 3), 30 * k, np.uint8)).save(fakes[-1])
+    points = {p: toy_points(48, 24, 24, 14, 18) for p in faces}
+    to_tensor = lambda image: torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1) / 255  # noqa: E731
+    data = self_blend.PairConcat([SelfBlendPairs(faces, points, to_tensor), self_blend.FakePairs(fakes, to_tensor)])
+    loader = torch.utils.data.DataLoader(data, batch_size=4, shuffle=False, collate_fn=data.collate)
+    images, labels = (torch.cat(parts) for parts in zip(*loader))
+    grey = [30 * k / 255 for k in (0, 1, 2, 3, 4, 4)]  # 5 fakes in 3 pairs: the last pair repeats the last fake
+    assert torch.allclose(images[6:].amax(dim=(1, 2, 3)), torch.tensor(grey)) and images[6:].std(dim=(1, 2, 3)).max() == 0
+    assert labels.tolist() == [0, 1] * 3 + [1] * 6  # the dataset's fakes, after the real/blend pairs, all fake
+
+
+def test_validation_blends_of_two_faces_are_different_draws_and_the_same_every_time(tmp_path):
+    """Two files of one face: their validation blends differ (each face draws from its own seed), and each is the
+    same on every call (a fixed validation set)."""
+    image, points = toy_face(np.random.default_rng(1))
+    paths = [tmp_path / "a.png", tmp_path / "b.png"]
+    for path in paths:
+        Image.fromarray(image).save(path)
+    to_tensor = lambda image: torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)  # noqa: E731
+    val = SelfBlendEvaluation(paths, {p: points for p in paths}, to_tensor, seed=3)
+    first, second = val[1][0], val[3][0]  # the blends of face 0 and face 1
+    assert not torch.equal(first, second)
+    assert torch.equal(val[1][0], first) and torch.equal(val[0][0], val[2][0])  # repeatable; the reals are the same image

@@ -117,26 +117,6 @@ def test_calibrating_on_a_one_class_val_split_refuses(demo_root, tmp_path, capsy
         assert err.value.code == 2 and "holds only real images; it needs both classes" in capsys.readouterr().err
 
 
-def test_a_catalog_row_that_leaves_the_catalogs_folder_is_refused(tmp_path):
-    (tmp_path / "crops").mkdir()
-    Image.new("RGB", (8, 8)).save(tmp_path / "crops" / "a.png")
-    Image.new("RGB", (8, 8)).save(tmp_path / "outside.png")
-    for bad in ("../outside.png", "sub/../../outside.png", "../crops/../../outside.png"):
-        with open(tmp_path / "crops" / "catalog.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerows([["path", "label", "split"], ["a.png", "0", "train"], [bad, "1", "train"]])
-        with pytest.raises(DatasetError) as err:
-            CatalogDataset(tmp_path / "crops" / "catalog.csv")
-        assert f"data row 2: the relative path {bad} leads outside the catalog's folder" in str(err.value)
-        assert "delete" not in str(err.value)
-    with open(tmp_path / "crops" / "catalog.csv", "w", newline="") as f:
-        csv.writer(f).writerows([["path", "label", "split"], ["a.png", "0", "train"], ["./a.png", "1", "train"]])
-    assert [p.name for p in CatalogDataset(tmp_path / "crops" / "catalog.csv").paths] == ["a.png", "a.png"]
-    with open(tmp_path / "crops" / "catalog.csv", "w", newline="") as f:  # an absolute path names its file on purpose
-        csv.writer(f).writerows([["path", "label", "split"], ["a.png", "0", "train"], [tmp_path / "outside.png", "1", "train"]])
-    assert CatalogDataset(tmp_path / "crops" / "catalog.csv").paths[1] == tmp_path / "outside.png"
-
-
 @pytest.mark.parametrize("flag", [["--margin", "-0.6"], ["--margin", "nan"], ["--min-prob", "1.5"], ["--min-prob", "nan"]])
 def test_detect_checks_its_flags_before_reading_anything(flag, capsys):
     with pytest.raises(SystemExit) as err:
