@@ -14,6 +14,8 @@ The model's train/eval mode and its parameters' requires_grad and .grad are left
 from __future__ import annotations
 
 import io
+import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,7 +24,7 @@ from PIL import Image, ImageFilter
 from torch import nn
 
 from common import DEFAULT_ALPHA, DEFAULT_EPS, DEFAULT_PGD_STEPS
-from normalization import ASSIGNMENT_NORM, Normalization, normalize
+from normalization import ASSIGNMENT_NORM, Normalization, denormalize, normalize
 from utils import UserError, frozen_eval
 
 ATTACKS = ("fgsm", "pgd", "cw")
@@ -139,6 +141,32 @@ def cw_attack(
             lower = torch.where(succeeded, lower, torch.maximum(lower, const))
             const = torch.where(upper < 1e9, (lower + upper) / 2, const * 10)
     return best_adv.detach()
+
+
+@dataclass
+class AdversarialConfig:
+    """Adversarial training: replace a share (`ratio`) of every batch by FGSM/PGD examples made against the model."""
+
+    method: str = "none"  # none | fgsm | pgd
+    eps: float = DEFAULT_EPS
+    alpha: float = DEFAULT_ALPHA
+    steps: int = DEFAULT_PGD_STEPS
+    ratio: float = 0.5
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != "none" and self.ratio > 0
+
+
+def adversarial_rows(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, config: AdversarialConfig,
+                     norm: Normalization) -> tuple[torch.Tensor, int]:
+    """Adversarial training's batch: the first ceil(ratio * B) rows of a normalised batch replaced by adversarial
+    examples made against `model`; returns (batch, number of adversarial rows)."""
+    n_adv = math.ceil(config.ratio * len(labels))
+    x01 = denormalize(inputs[:n_adv], norm)
+    adv = attack_batch(config.method, model, x01, labels[:n_adv], eps=config.eps, alpha=config.alpha, steps=config.steps,
+                       norm=norm)
+    return torch.cat([normalize(adv, norm), inputs[n_adv:]]), n_adv
 
 
 def pgd_step_size(eps: float, steps: int) -> float:

@@ -183,6 +183,30 @@ def real_face_threshold(real_scores_by_source: Sequence[Sequence[float]], far: f
     return Threshold(value, f"at most {100 * far:g} % of {what} ({sizes}) called fake", (min(lo, value), max(hi, value)))
 
 
+def validation_threshold(labels: np.ndarray, scores: np.ndarray, far: float = DEFAULT_FAR) -> dict | None:
+    """The decision threshold a checkpoint carries, as its entry, from the val split's labels and P(fake) scores: the
+    score that at most `far` of its real faces reach (real faces are what a user's media shares with ours; the user's kind of fake is not), with its
+    uncertain band and, for reference, the val EER threshold. A val split without a real face gives no threshold but
+    an entry that says so (readers then fall back to 0.5 and tell the user why)."""
+    labels, scores = np.asarray(labels), np.asarray(scores)
+    reals = scores[labels == 0]
+    if reals.size == 0:
+        return {"value": None, "source": None, "warning": "the validation split holds no real face, so no threshold "
+                "could be chosen on real faces; verdicts use 0.5"}
+    chosen = real_face_threshold([reals], far, "the validation split's real faces")
+    eer = equal_error_rate(labels, scores)[1] if len(np.unique(labels)) == 2 else None
+    return {**chosen.to_entry(), "rule": f"real-far:{far:g}", "eer_threshold": eer}
+
+
+def is_better(select_by: str, value: float | None, best: float | None) -> bool:
+    """Whether a validation value beats the best so far: higher accuracy / AUC, lower loss; None never wins."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    if best is None:
+        return True
+    return value < best if select_by == "loss" else value > best
+
+
 def _logit(p: np.ndarray) -> np.ndarray:
     p = np.clip(np.asarray(p, dtype=float), 1e-7, 1 - 1e-7)
     return np.log(p) - np.log1p(-p)

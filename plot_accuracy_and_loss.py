@@ -14,7 +14,8 @@ from matplotlib.ticker import MaxNLocator
 
 from common import DATASETS, FIGURES_DIR, run_name
 from models import MODEL_NAMES
-from utils import UserError, cli_main, new_figure, read_json_list, save_figure, writable_dir
+from run_store import read_json_list
+from utils import UserError, cli_main, new_figure, save_figure, writable_dir
 
 SPLIT_STYLES = {"train": "o-", "val": "s-", "test": "^-"}
 

@@ -34,6 +34,7 @@ from faces_dataset import dataset_labels, load_dataset
 from metrics import safe_auc
 from models import MODEL_NAMES, p_fake
 from normalization import Normalization, denormalize, normalize
+from run_store import read_json_list
 from utils import (
     UserError,
     atomic_write_json,
@@ -45,7 +46,6 @@ from utils import (
     non_negative_int,
     positive_float,
     positive_int,
-    read_json_list,
     sample_batch,
     save_figure,
 )

@@ -19,16 +19,15 @@ running already stops at once; --catalog runs are named after the catalog's fold
 from __future__ import annotations
 
 import argparse
-import contextlib
+import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from attacks import pgd_step_size
+from attacks import AdversarialConfig, pgd_step_size
 from checkpoints import WeightsMismatch
 from common import (
     BALANCE,
@@ -52,7 +51,7 @@ from common import (
     TENSORBOARD_DIR,
 )
 from detector import load_weights_into
-from distributed import World, setup, sum_across, teardown
+from distributed import World, setup, teardown
 from faces_dataset import (
     AUGMENTATIONS,
     DECODERS,
@@ -61,9 +60,11 @@ from faces_dataset import (
     is_demo_data,
 )
 from models import MODEL_NAMES, MODEL_SPECS, build_model, models_taking
+from run_store import RunStore
 from self_blend import FAKE_MODES, HULLS
+from settings import TrainSettings, from_namespace
 from splits import DataSettings, build_splits, training_framing
-from trainer import AdversarialConfig, LoggingParameters, Schedule, Trainer, TrainerConfig, optimizer_params_for_log
+from trainer import LoggingParameters, Schedule, Trainer, TrainerConfig
 from utils import (
     UserError,
     cli_main,
@@ -74,7 +75,6 @@ from utils import (
     non_negative_int,
     positive_float,
     positive_int,
-    run_lock,
     set_seed,
     writable_dir,
 )
@@ -176,21 +176,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.augment = True
     if args.random_crop is not None and args.random_crop > args.image_size:
         p.error(f"--random-crop {args.random_crop} is larger than the image ({args.image_size} px)")
+    if args.alpha is None:
+        args.alpha = pgd_step_size(args.eps, args.steps)
+    args.blend_regions = tuple(args.blend_regions)
     return args
 
 
 TENSORBOARD_DEFAULT = "runs/<run name>"
 
 
-def tensorboard_dir(args: argparse.Namespace, run_name: str) -> Path | None:
+def tensorboard_dir(s: TrainSettings, run_name: str) -> Path | None:
     """Where --tensorboard writes (None without the flag); refuses, before training, a missing tensorboard package."""
-    if args.tensorboard is None:
+    if s.tensorboard is None:
         return None
     try:
         import tensorboard  # noqa: F401  (torch.utils.tensorboard needs it)
     except ImportError as err:
         raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard") from err
-    return TENSORBOARD_DIR / run_name if args.tensorboard == TENSORBOARD_DEFAULT else Path(args.tensorboard)
+    return TENSORBOARD_DIR / run_name if s.tensorboard == TENSORBOARD_DEFAULT else Path(s.tensorboard)
 
 
 def lr_groups(model: nn.Module, head: tuple[str, ...], backbone_lr_scale: float) -> list[dict]:
@@ -203,6 +206,24 @@ def lr_groups(model: nn.Module, head: tuple[str, ...], backbone_lr_scale: float)
     groups = [{"params": [p for name, p in named if name.startswith(head)], "lr_scale": 1.0},
               {"params": [p for name, p in named if not name.startswith(head)], "lr_scale": backbone_lr_scale}]
     return [group for group in groups if group["params"]]
+
+
+def optimizer_params_for_log(optimizer: torch.optim.Optimizer) -> dict:
+    """The first param group's hyper-parameters (lr, betas, ...), JSON-safe, without the parameters themselves."""
+    params = {}
+    for key, value in optimizer.param_groups[0].items():
+        if key in ("params", "lr_scale"):  # lr_scale: recorded as the config's backbone_lr_scale
+            continue
+        if isinstance(value, torch.Tensor):
+            value = value.tolist()
+        if isinstance(value, tuple):
+            value = list(value)
+        try:
+            json.dumps(value)
+        except TypeError:
+            value = str(value)
+        params[key] = value
+    return params
 
 
 def make_optimizer(name: str, groups: list[dict], lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -225,22 +246,22 @@ def init_weights(model: nn.Module, checkpoint: Path, model_name: str) -> None:
     print(f"initialised from {checkpoint}")
 
 
-def data_settings(args: argparse.Namespace) -> DataSettings:
-    """The data flags, typed, once (the only place they are read for the splits)."""
-    return DataSettings(args.dataset, args.data_root, args.catalog, args.image_size, args.limit, args.augment,
-                        args.decoder, args.random_crop, args.fakes, args.real_faces, tuple(args.blend_regions), args.seed)
+def data_settings(s: TrainSettings) -> DataSettings:
+    """The run's data settings (what splits.build_splits reads)."""
+    return DataSettings(s.dataset, s.data_root, s.catalog, s.image_size, s.limit, s.augment, s.decoder, s.random_crop,
+                        s.fakes, s.real_faces, s.blend_regions, s.seed)
 
 
 FAKE_TAGS = {"dataset": "", "self-blend": "selfblend", "both": "selfblend+dataset"}
 
 
-def run_tag(args: argparse.Namespace) -> str:
+def run_tag(s: TrainSettings) -> str:
     """The suffix of the run's file names for training variants (e.g. selfblend, selfblend-inner for --blend-regions
     inner, advpgd, selfblend_advpgd), so a variant never takes the plain run's names."""
-    fakes = FAKE_TAGS[args.fakes]
-    if fakes and args.blend_regions != list(HULLS):
-        fakes += "-" + "+".join(args.blend_regions)
-    return "_".join(t for t in (fakes, f"adv{args.adv}" if args.adv != "none" else "") if t)
+    fakes = FAKE_TAGS[s.fakes]
+    if fakes and s.blend_regions != tuple(HULLS):
+        fakes += "-" + "+".join(s.blend_regions)
+    return "_".join(t for t in (fakes, f"adv{s.adv}" if s.adv != "none" else "") if t)
 
 
 def class_counts(dataset: Dataset) -> list[int] | None:
@@ -253,128 +274,105 @@ def class_counts(dataset: Dataset) -> list[int] | None:
     return [labels.count(0), labels.count(1)]
 
 
-def make_model(args: argparse.Namespace) -> nn.Module:
+def make_model(s: TrainSettings) -> nn.Module:
     """The model of -m, from ImageNet weights where it has them (unless --no-pretrained or --init-from)."""
-    options = MODEL_SPECS[args.model].options  # parse_args refused the flags the model cannot use
+    options = MODEL_SPECS[s.model].options  # parse_args refused the flags the model cannot use
     try:
-        model = build_model(args.model, image_size=args.image_size,
-                            pretrained=not args.no_pretrained and args.init_from is None if "pretrained" in options else None,
-                            weights=args.weights, freeze_backbone=args.freeze_backbone if "freeze_backbone" in options else None)
+        model = build_model(s.model, image_size=s.image_size,
+                            pretrained=not s.no_pretrained and s.init_from is None if "pretrained" in options else None,
+                            weights=s.weights, freeze_backbone=s.freeze_backbone if "freeze_backbone" in options else None)
     except ValueError as err:  # e.g. SimpleNet at an image size its three 7x7 conv/pool blocks cannot reduce
-        raise UserError(f"{args.model} cannot be built as asked: {err}") from err
-    if args.init_from is not None:
-        init_weights(model, args.init_from, args.model)
-    if args.channels_last:
+        raise UserError(f"{s.model} cannot be built as asked: {err}") from err
+    if s.init_from is not None:
+        init_weights(model, s.init_from, s.model)
+    if s.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if args.batch_size == 1 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        raise UserError(f"-b 1 cannot train {args.model}: its BatchNorm layers need at least 2 samples per batch")
+    if s.batch_size == 1 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise UserError(f"-b 1 cannot train {s.model}: its BatchNorm layers need at least 2 samples per batch")
     return model
 
 
 @cli_main
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    set_seed(args.seed)
-    world, device = setup(get_device(args.device))  # joins torchrun's process group when launched by torchrun
+    settings = from_namespace(TrainSettings, parse_args(argv))  # the flags become typed settings once, here
+    set_seed(settings.seed)
+    world, device = setup(get_device(settings.device))  # joins torchrun's process group when launched by torchrun
     try:
-        return train(args, world, device)
+        return train(settings, world, device)
     finally:
         teardown()
 
 
-@contextlib.contextmanager
-def one_run_per_name(world: World, checkpoint_dir: Path, run_name: str) -> Iterator[None]:
-    """Hold the run name's lock (rank 0 takes it for all ranks): a second run of the same name stops before reading
-    data, naming the process that holds it, instead of overwriting the first run's checkpoints and log."""
-    with contextlib.ExitStack() as stack:
-        error: UserError | None = None
-        if world.main:
-            try:
-                stack.enter_context(run_lock(checkpoint_dir / f".{run_name}.run.lock", f"a run named {run_name}",
-                                             "wait for it to end, or give this one another --checkpoint-dir"))
-            except UserError as err:
-                error = err
-        if sum_across(world, float(error is not None))[0]:
-            raise error or UserError(f"rank 0 could not take the lock of run {run_name}")
-        yield
-
-
-def train(args: argparse.Namespace, world: World, device: torch.device) -> dict:
+def train(s: TrainSettings, world: World, device: torch.device) -> dict:
     """Everything after parsing, under the run name's lock: data, model, Trainer, summary; only rank 0 prints and
     publishes."""
-    writable_dir(args.out_dir, "--out-dir")  # before any epoch is spent, not after the first one
-    writable_dir(args.checkpoint_dir, "--checkpoint-dir")
-    dataset_name = data_settings(args).run_dataset_name
-    tag = run_tag(args)
-    with one_run_per_name(world, args.checkpoint_dir, LoggingParameters(args.model, dataset_name, args.optimizer,
-                                                                        tag=tag).run_name):
-        return _train(args, world, device, dataset_name, tag)
+    writable_dir(s.out_dir, "--out-dir")  # before any epoch is spent, not after the first one
+    writable_dir(s.checkpoint_dir, "--checkpoint-dir")
+    data = data_settings(s)
+    tag = run_tag(s)
+    name = LoggingParameters(s.model, data.run_dataset_name, s.optimizer, tag=tag).run_name
+    with RunStore(s.out_dir, s.checkpoint_dir, name).lock(world):
+        return _train(s, data, world, device, tag)
 
 
-def _train(args: argparse.Namespace, world: World, device: torch.device, dataset_name: str, tag: str) -> dict:
+def _train(s: TrainSettings, data: DataSettings, world: World, device: torch.device, tag: str) -> dict:
     say = print if world.main else lambda *_, **__: None
-    norm = MODEL_SPECS[args.model].norm
-    data = data_settings(args)
-    splits = build_splits(data, norm, progress=not args.no_progress)
+    dataset_name = data.run_dataset_name
+    norm = MODEL_SPECS[s.model].norm
+    splits = build_splits(data, norm, progress=not s.no_progress)
     train_ds, val_ds, test_ds = splits.train, splits.val, splits.test
     for note in splits.notes:
         say(f"note: {note}")
-    if args.select_by == "auc" and len(set(dataset_labels(val_ds))) < 2:
+    if s.select_by == "auc" and len(set(dataset_labels(val_ds))) < 2:
         raise UserError(f"--select-by auc: the {dataset_name} val split holds one class only, so its AUC is undefined "
                         "and no epoch could be chosen; use --select-by acc or loss, or add the missing class")
-    if args.catalog is None and is_demo_data(args.data_root):
-        say(f"note: {args.data_root} holds the built-in synthetic demo data, not real faces")
-    model = make_model(args)
-    groups = lr_groups(model, MODEL_SPECS[args.model].head, args.backbone_lr_scale)
-    optimizer = make_optimizer(args.optimizer, groups, args.lr, args.momentum, args.weight_decay)
-    lp = LoggingParameters(args.model, dataset_name, args.optimizer, optimizer_params_for_log(optimizer), tag)
-    board_dir = tensorboard_dir(args, lp.run_name)
+    if s.catalog is None and is_demo_data(s.data_root):
+        say(f"note: {s.data_root} holds the built-in synthetic demo data, not real faces")
+    model = make_model(s)
+    groups = lr_groups(model, MODEL_SPECS[s.model].head, s.backbone_lr_scale)
+    optimizer = make_optimizer(s.optimizer, groups, s.lr, s.momentum, s.weight_decay)
+    lp = LoggingParameters(s.model, dataset_name, s.optimizer, optimizer_params_for_log(optimizer), tag)
+    board_dir = tensorboard_dir(s, lp.run_name)
     if board_dir is not None:
         writable_dir(board_dir, "--tensorboard")
-    processes = f" x {world.size} processes (-b {args.batch_size} each)" if world.distributed else ""
-    say(
-        f"{args.model} ({get_nof_params(model):,d} trainable parameters) on {dataset_name}: "
-        f"{len(train_ds) * getattr(train_ds, 'images_per_item', 1)} train / {len(val_ds)} val / {len(test_ds)} test images at {args.image_size} px, device {device}"
-        + processes
-    )
+    processes = f" x {world.size} processes (-b {s.batch_size} each)" if world.distributed else ""
+    say(f"{s.model} ({get_nof_params(model):,d} trainable parameters) on {dataset_name}: "
+        f"{len(train_ds) * getattr(train_ds, 'images_per_item', 1)} train / {len(val_ds)} val / {len(test_ds)} test "
+        f"images at {s.image_size} px, device {device}" + processes)
     weight = None
-    if args.balance == "weights":  # inverse class frequency, normalised so a balanced split gets weights 1
-        labels = dataset_labels(train_ds)
-        counts = torch.bincount(torch.tensor(labels), minlength=2).float()
+    if s.balance == "weights":  # inverse class frequency, normalised so a balanced split gets weights 1
+        counts = torch.bincount(torch.tensor(dataset_labels(train_ds)), minlength=2).float()
         weight = (counts.sum() / (2 * counts)).to(device)
-    alpha = args.alpha if args.alpha is not None else pgd_step_size(args.eps, args.steps)
-    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    framing = training_framing(data, splits.train_faces, args.device)
+    framing = training_framing(data, splits.train_faces, s.device)
     say(f"training faces framed at margin {framing.margin if framing.margin is None else f'{framing.margin:+.3f}'} "
         f"({framing.source})")
-    config.update(framing=framing.to_dict(), alpha=alpha, n_params=get_nof_params(model), n_params_total=sum(p.numel() for p in model.parameters()),
-                  device=str(device), torch=torch.__version__, normalization=norm.to_dict(),
-                  class_weights=weight.tolist() if weight is not None else None, world_size=world.size,
-                  class_counts={split: class_counts(ds) for split, ds in zip(SPLITS, (train_ds, val_ds, test_ds))})
-    settings = TrainerConfig(
-        device=device, num_workers=args.num_workers, seed=args.seed, out_dir=args.out_dir,
-        checkpoint_dir=args.checkpoint_dir, amp=args.amp, adversarial=AdversarialConfig(args.adv, args.eps, alpha,
-                                                                                        args.steps, args.adv_ratio),
-        progress=not args.no_progress, model_kwargs={"image_size": args.image_size}, run_config=config,
-        schedule=Schedule(args.scheduler, args.warmup_epochs, args.step_size, args.gamma), select_by=args.select_by,
-        balanced_sampler=args.balance == "sampler", world=world, tensorboard_dir=board_dir, normalization=norm,
+    facts = dict(framing=framing.to_dict(), n_params=get_nof_params(model),
+                 n_params_total=sum(p.numel() for p in model.parameters()), device_used=str(device),
+                 torch=torch.__version__, normalization=norm.to_dict(), world_size=world.size,
+                 class_weights=weight.tolist() if weight is not None else None,
+                 class_counts={split: class_counts(ds) for split, ds in zip(SPLITS, (train_ds, val_ds, test_ds))})
+    config = TrainerConfig(
+        device=device, num_workers=s.num_workers, seed=s.seed, out_dir=s.out_dir, checkpoint_dir=s.checkpoint_dir,
+        amp=s.amp, adversarial=AdversarialConfig(s.adv, s.eps, s.alpha, s.steps, s.adv_ratio),
+        progress=not s.no_progress, model_kwargs={"image_size": s.image_size}, run_settings=s, run_facts=facts,
+        schedule=Schedule(s.scheduler, s.warmup_epochs, s.step_size, s.gamma), select_by=s.select_by,
+        balanced_sampler=s.balance == "sampler", world=world, tensorboard_dir=board_dir, normalization=norm,
     )
-    trainer = Trainer(model, optimizer, nn.CrossEntropyLoss(weight=weight), args.batch_size, train_ds, val_ds, test_ds,
-                      settings)
+    trainer = Trainer(model, optimizer, nn.CrossEntropyLoss(weight=weight), s.batch_size, train_ds, val_ds, test_ds, config)
+    store = trainer.store(lp)
     try:
-        record = trainer.run(args.epochs, lp, resume=args.resume)
+        record = trainer.run(s.epochs, lp, resume=s.resume)
     except KeyboardInterrupt:
-        saved = f"epochs 1-{trainer.epoch} are saved in {trainer.paths(lp)['last']}" if trainer.epoch else "no epoch was finished"
+        saved = f"epochs 1-{trainer.epoch} are saved in {store.last}" if trainer.epoch else "no epoch was finished"
         raise UserError(f"stopped by Ctrl-C during epoch {trainer.epoch + 1}; {saved}: "
                         + ("run the same command with --resume to go on" if trainer.epoch else "start it again")) from None
-    paths = trainer.paths(lp)
     auc = record.get("test_auc_at_best_val")
-    say(f"best val ({args.select_by}) at epoch {record['best_epoch']}: val acc {record['best_val_acc']:.2f}%, "
-          f"test acc {record['test_acc_at_best_val']:.2f}%" + (f", test AUC {auc:.4f}" if auc is not None else ""))
-    say(f"log: {paths['json']}  checkpoint: {paths['best']}" + (f"  TensorBoard: {board_dir}" if board_dir else ""))
-    if world.main and args.model == "Bonus" and args.dataset == "fakes_dataset" and not tag and args.catalog is None:
-        bonus = args.checkpoint_dir / BONUS_CHECKPOINT.name
-        shutil.copyfile(paths["best"], bonus)
+    say(f"best val ({s.select_by}) at epoch {record['best_epoch']}: val acc {record['best_val_acc']:.2f}%, "
+        f"test acc {record['test_acc_at_best_val']:.2f}%" + (f", test AUC {auc:.4f}" if auc is not None else ""))
+    say(f"log: {store.log}  checkpoint: {store.best}" + (f"  TensorBoard: {board_dir}" if board_dir else ""))
+    if world.main and s.model == "Bonus" and s.dataset == "fakes_dataset" and not tag and s.catalog is None:
+        bonus = s.checkpoint_dir / BONUS_CHECKPOINT.name
+        shutil.copyfile(store.best, bonus)
         say(f"published the bonus model to {bonus}")
     return record
 

@@ -313,56 +313,6 @@ def resolve_input_path(path: str | Path) -> Path:
     return WORK_DIR / path
 
 
-def parse_run_records(text: str) -> list[dict]:
-    """The run records of a JSON log's text; a ValueError (JSONDecodeError included) when it is no list of records.
-    The one policy of what a log is, for its readers and for the trainer that appends to it."""
-    data = json.loads(text)
-    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-        raise ValueError("not a list of run records")
-    return data
-
-
-def last_record(path: Path) -> dict | None:
-    """The last run record of a training log (the run its figures were drawn from), or None when the log is absent
-    or is no log by the one rule above (readers that list what a work dir holds skip such files)."""
-    try:
-        records = parse_run_records(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return records[-1] if records else None
-
-
-def read_step_times(path: Path) -> list[tuple[str, float]]:
-    """(step, seconds) of each 'step<TAB>seconds' line run_me.sh appends to run_me_times.tsv, in order; other
-    lines (a blank one, a half-written last one) are skipped."""
-    steps = []
-    for line in path.read_text().splitlines():
-        name, _, seconds = line.rpartition("\t")
-        try:
-            value = float(seconds)
-        except ValueError:
-            continue
-        if name:
-            steps.append((name, value))
-    return steps
-
-
-def read_json_list(path: str | Path) -> list[dict]:
-    """Read a JSON log (a list of run records), with a clear error when it is missing or corrupt."""
-    path = resolve_input_path(path)
-    if not path.is_file():
-        raise UserError(f"JSON log {path} does not exist; train first (train_main.py writes out/<dataset>_<model>_<opt>.json)")
-    try:
-        return parse_run_records(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"JSON log {path} is corrupt ({err.msg} at line {err.lineno}); pass another log, or train again "
-                        "(train_main.py keeps a corrupt log aside and starts a new one)") from err
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path} is not a JSON file (binary content); pass the out/<dataset>_<model>_<opt>.json log") from err
-    except ValueError as err:
-        raise UserError(f"JSON log {path} is {err}") from err
-
-
 def new_figure(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
     """plt.subplots on the non-interactive Agg backend (scripts only write files; works headless and on Colab)."""
     import matplotlib

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from attacks import cw_attack, fgsm_attack, pgd_attack
+from attacks import AdversarialConfig, cw_attack, fgsm_attack, pgd_attack
 from normalization import denormalize, normalize
-from trainer import AdversarialConfig, LoggingParameters, Trainer
+from trainer import LoggingParameters, Trainer
 
 EPS = 0.06
 

@@ -18,7 +18,8 @@ from conftest import REPO
 from detector import load_model_from_checkpoint
 from distributed import ShardSampler, World, world_from_env
 from faces_dataset import load_dataset
-from trainer import TENSORBOARD_TAGS, Trainer
+from run_store import TENSORBOARD_TAGS
+from trainer import Trainer
 
 
 def test_shard_sampler_deals_the_single_process_order_to_the_ranks():

@@ -151,9 +151,8 @@ def test_fuse_detectors_fits_on_val_only_and_detect_shows_each_member(demo_root,
     each member's score beside the fused one."""
     import csv
 
-    import fuse_detectors
-
     import detect
+    import fuse_detectors
     import train_main
     from analysis import get_soft_scores_and_true_labels
     from faces_dataset import load_dataset

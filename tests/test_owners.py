@@ -131,17 +131,16 @@ def test_trainer_settings_are_one_typed_config(tmp_path):
 
 
 def test_a_log_is_judged_by_one_policy_for_readers_and_the_trainer(tmp_path):
-    from trainer import LoggingParameters, Trainer, TrainerConfig
-    from utils import read_json_list
+    from run_store import RunStore, read_json_list
+    from trainer import LoggingParameters
 
     log = tmp_path / "fakes_dataset_SimpleNet_Adam.json"
     for text in ('[1, 2]', '{"model": "x"}', '[{"a": 1}, 3]'):  # JSON, but no list of run records
         log.write_text(text)
         with pytest.raises(UserError, match="not a list of run records"):
             read_json_list(log)
-        trainer = Trainer.__new__(Trainer)
-        trainer.config = TrainerConfig(out_dir=tmp_path, checkpoint_dir=tmp_path)
-        trainer.write_output(LoggingParameters("SimpleNet", "fakes_dataset", "Adam"), {"run_id": "r1"})
+        RunStore(tmp_path, tmp_path, LoggingParameters("SimpleNet", "fakes_dataset", "Adam").run_name).write_record(
+            {"run_id": "r1"})
         assert read_json_list(log) == [{"run_id": "r1"}]  # the trainer kept it aside and started a new log
         kept = sorted(tmp_path.glob("*.corrupt-*"))
         assert kept and kept[-1].read_text() == text

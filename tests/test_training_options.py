@@ -16,7 +16,8 @@ from bonus_model import BonusNet
 from checkpoints import read_checkpoint
 from conftest import REPO, TinyNet, separable_toy_set
 from faces_dataset import dataset_labels, load_dataset
-from trainer import LoggingParameters, Schedule, Trainer, class_balance_weights, is_better, lr_factor
+from loaders import class_balance_weights
+from trainer import LoggingParameters, Schedule, Trainer, is_better, lr_factor
 from utils import UserError
 
 LP = LoggingParameters("TinyNet", "toy", "Adam", {"lr": 0.05})
@@ -180,12 +181,12 @@ def _write_records(path: str, worker: int, n: int) -> None:
 
     sys.path.insert(0, str(REPO))
 
-    from trainer import LoggingParameters, Trainer, TrainerConfig
+    from run_store import RunStore
+    from trainer import LoggingParameters
 
-    trainer = Trainer.__new__(Trainer)
-    trainer.config = TrainerConfig(out_dir=path, checkpoint_dir=path)
+    store = RunStore(path, path, LoggingParameters("M", "d", "o").run_name)
     for i in range(n):
-        trainer.write_output(LoggingParameters("M", "d", "o"), {"run_id": f"{worker}-{i}"})
+        store.write_record({"run_id": f"{worker}-{i}"})
 
 
 def test_concurrent_writers_lose_no_record(tmp_path):

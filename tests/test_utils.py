@@ -8,7 +8,8 @@ import torch
 
 from faces_dataset import dataset_labels, evenly_spaced_subset
 from normalization import denormalize, normalize
-from utils import UserError, atomic_write_json, comma_choices, frozen_eval, get_device, read_json_list
+from run_store import read_json_list
+from utils import UserError, atomic_write_json, comma_choices, frozen_eval, get_device
 
 
 class Labelled(torch.utils.data.Dataset):

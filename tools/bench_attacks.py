@@ -13,18 +13,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from attacks import NormalizedModel, _input_gradient, fgsm_attack, pgd_attack  # noqa: E402
-from bench_train import random_batch_setup, timed  # noqa: E402
-from common import DEFAULT_BATCH_SIZE, IMAGE_SIZE  # noqa: E402
-from models import MODEL_NAMES  # noqa: E402
-from utils import frozen_eval, get_device, set_seed  # noqa: E402
+from attacks import NormalizedModel, _input_gradient, fgsm_attack, pgd_attack
+from benchmarking import random_batch_setup, timed
+from common import DEFAULT_BATCH_SIZE, IMAGE_SIZE
+from models import MODEL_NAMES
+from utils import frozen_eval, get_device, set_seed
 
 
 def measure(model_name: str, batch_size: int, image_size: int, steps: int, repeats: int, device: torch.device) -> dict:

@@ -23,16 +23,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from checkpoints import save_checkpoint  # noqa: E402
-from common import DATASETS, OUT_DIR  # noqa: E402
-from common import REPO_ROOT as REPO  # noqa: E402
-from detector import Detector, Scorer, load_model_from_checkpoint  # noqa: E402
-from face_detection import DEFAULT_MARGIN, FaceDetector, crop_face, sample_frames  # noqa: E402
-from faces_dataset import FacesDataset, dataset_dir, dataset_labels, evenly_spaced_subset  # noqa: E402
-from metrics import safe_auc  # noqa: E402
-from models import build_untrained  # noqa: E402
-from utils import atomic_write_json, get_device  # noqa: E402
+from checkpoints import save_checkpoint
+from common import DATASETS, OUT_DIR
+from common import REPO_ROOT as REPO
+from detector import Detector, Scorer, load_model_from_checkpoint
+from face_detection import DEFAULT_MARGIN, FaceDetector, crop_face, sample_frames
+from faces_dataset import FacesDataset, dataset_dir, dataset_labels, evenly_spaced_subset
+from metrics import safe_auc
+from models import build_untrained
+from utils import atomic_write_json, get_device
 
 
 def make_video(photo: np.ndarray, path: Path, seconds: float = 10, fps: int = 30, size=(1280, 720)) -> int:

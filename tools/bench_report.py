@@ -13,17 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import compare, random_batch_setup, timed  # noqa: E402
-from common import DATA_ROOT, DEFAULT_BATCH_SIZE, IMAGE_SIZE, OUT_DIR  # noqa: E402
-from faces_dataset import DECODERS, load_dataset  # noqa: E402
-from utils import atomic_write_json, default_num_workers, get_device, get_nof_params, make_loader  # noqa: E402
+from benchmarking import compare, random_batch_setup, timed
+from common import DATA_ROOT, DEFAULT_BATCH_SIZE, IMAGE_SIZE, OUT_DIR
+from faces_dataset import DECODERS, load_dataset
+from utils import atomic_write_json, default_num_workers, get_device, get_nof_params, make_loader
 
 
 def model_throughput(name: str, batch_size: int, image_size: int, steps: int, device: torch.device) -> dict:

@@ -12,83 +12,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import DATA_ROOT, DEFAULT_BATCH_SIZE, IMAGE_SIZE  # noqa: E402
-from faces_dataset import DECODERS, DEFAULT_DECODER, get_transforms, load_dataset, split_paths  # noqa: E402
-from landmarks import folder_landmarks  # noqa: E402
-from models import MODEL_NAMES, build_model  # noqa: E402
-from self_blend import SelfBlendPairs  # noqa: E402
-from trainer import Trainer  # noqa: E402
-from utils import get_device, make_loader, set_seed  # noqa: E402
-
-
-def timed(fn: Callable[[], object]) -> float:
-    """Seconds one call takes (CUDA work is synchronised before and after)."""
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
-def random_batch_setup(model_name: str, batch_size: int, image_size: int, device: torch.device):
-    """(model, x, y, train_step): a fresh model, a random [0,1] batch, and one clean SGD step on it (compute only)."""
-    model = build_model(model_name, pretrained=False, image_size=image_size).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
-    x = torch.rand(batch_size, 3, image_size, image_size, device=device)
-    y = torch.randint(0, 2, (batch_size,), device=device)
-
-    def train_step() -> None:
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
-
-    return model, x, y, train_step
-
-
-def bare_epoch(model: nn.Module, loader, optimizer, device: torch.device) -> None:
-    """The reference: a plain training loop over the loader."""
-    model.train()
-    criterion = nn.CrossEntropyLoss()
-    for images, labels in loader:
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        optimizer.zero_grad(set_to_none=True)
-        criterion(model(images), labels).backward()
-        optimizer.step()
-
-
-def compare(model_name: str, data_root: Path, limit: int, batch_size: int, image_size: int, rounds: int,
-            device: torch.device, num_workers: int | None = None, decoder: str = DEFAULT_DECODER) -> dict:
-    """Median images/second of the bare loop and of the Trainer over alternating rounds, and their ratio."""
-    set_seed(0)
-    dataset = load_dataset("fakes_dataset", "train", data_root, image_size, limit, decoder=decoder)
-    model = build_model(model_name, pretrained=False, image_size=image_size).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    trainer = Trainer(model, optimizer, nn.CrossEntropyLoss(), batch_size, dataset, dataset, dataset, device=device,
-                      num_workers=num_workers, progress=True)
-    loader = make_loader(dataset, batch_size, True, device, num_workers)
-    bare_epoch(model, loader, optimizer, device)  # warm-up: allocator, workers, kernels
-    trainer.train_one_epoch()
-    bare, tool = [], []
-    for _ in range(rounds):
-        bare.append(len(dataset) / timed(lambda: bare_epoch(model, loader, optimizer, device)))
-        tool.append(len(dataset) / timed(trainer.train_one_epoch))
-    result = {"model": model_name, "images": len(dataset), "batch_size": batch_size, "image_size": image_size,
-              "device": str(device), "workers": loader.num_workers, "decoder": decoder, "bare_img_s": statistics.median(bare),
-              "trainer_img_s": statistics.median(tool)}
-    result["ratio"] = result["trainer_img_s"] / result["bare_img_s"]
-    return result
+from benchmarking import compare, timed
+from common import DATA_ROOT, DEFAULT_BATCH_SIZE, IMAGE_SIZE
+from faces_dataset import DECODERS, DEFAULT_DECODER, get_transforms, load_dataset, split_paths
+from landmarks import folder_landmarks
+from models import MODEL_NAMES, build_untrained
+from self_blend import SelfBlendPairs
+from trainer import Trainer
+from utils import get_device, set_seed
 
 
 def compare_self_blend(model_name: str, data_root: Path, limit: int, batch_size: int, image_size: int, rounds: int,
@@ -99,7 +35,7 @@ def compare_self_blend(model_name: str, data_root: Path, limit: int, batch_size:
     dataset = load_dataset("fakes_dataset", "train", data_root, image_size, limit)
     reals = split_paths(load_dataset("fakes_dataset", "train", data_root, image_size), 0)[: max(1, limit // 2)]
     pairs = SelfBlendPairs(reals, folder_landmarks(reals), get_transforms(False, image_size))
-    model = build_model(model_name, pretrained=False, image_size=image_size).to(device)
+    model = build_untrained(model_name, image_size).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     trainers = {name: Trainer(model, optimizer, nn.CrossEntropyLoss(), batch_size, data, dataset, dataset, device=device,
                               num_workers=num_workers, progress=True) for name, data in (("dataset", dataset), ("self-blend", pairs))}

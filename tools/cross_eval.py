@@ -13,18 +13,16 @@ under each root is used. Writes out/cross_eval.json, prints a markdown table, an
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from analysis import eer_threshold_on, get_soft_scores_and_true_labels  # noqa: E402
-from common import DATASETS, DEFAULT_SEED, FIGURES_DIR, OUT_DIR  # noqa: E402
-from detector import Detector, load_model_from_checkpoint  # noqa: E402
-from faces_dataset import load_dataset  # noqa: E402
-from metrics import bootstrap_intervals, compute_metrics  # noqa: E402
-from utils import (  # noqa: E402
+from analysis import eer_threshold_on, get_soft_scores_and_true_labels
+from common import DATASETS, DEFAULT_SEED, FIGURES_DIR, OUT_DIR
+from detector import Detector, load_model_from_checkpoint
+from faces_dataset import load_dataset
+from metrics import bootstrap_intervals, compute_metrics
+from utils import (
     UserError,
     atomic_write_json,
     cli_main,

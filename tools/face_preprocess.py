@@ -23,7 +23,6 @@ import hashlib
 import io
 import json
 import re
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,9 +30,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import CLASS_NAMES, DATASETS, DEFAULT_SEED, IMAGE_EXTENSIONS  # noqa: E402
-from face_detection import (  # noqa: E402
+from common import CLASS_NAMES, DATASETS, DEFAULT_SEED, IMAGE_EXTENSIONS
+from face_detection import (
     DEFAULT_MARGIN,
     DEFAULT_MIN_PROB,
     VIDEO_EXTENSIONS,
@@ -42,8 +40,8 @@ from face_detection import (  # noqa: E402
     frame_reader,
     square_box,
 )
-from faces_dataset import CATALOG_COLUMNS, label_from_path, list_files_under, load_rgb  # noqa: E402
-from utils import (  # noqa: E402
+from faces_dataset import CATALOG_COLUMNS, label_from_path, list_files_under, load_rgb
+from utils import (
     UserError,
     atomic_write,
     atomic_write_json,

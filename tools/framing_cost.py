@@ -12,20 +12,18 @@ a framing unlike the training faces' costs. Writes out/framing_<dataset>.json.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import DATA_ROOT, DATASETS, OUT_DIR  # noqa: E402
-from detector import load_model_from_checkpoint  # noqa: E402
-from face_detection import FaceDetector, crop_face, framing_margin  # noqa: E402
-from faces_dataset import dataset_dir, get_transforms, list_images, load_rgb  # noqa: E402
-from metrics import safe_auc  # noqa: E402
-from models import p_fake  # noqa: E402
-from utils import atomic_write_json, cli_main, crop_margin, get_device, positive_int  # noqa: E402
+from common import DATA_ROOT, DATASETS, OUT_DIR
+from detector import load_model_from_checkpoint
+from face_detection import FaceDetector, crop_face, framing_margin
+from faces_dataset import dataset_dir, get_transforms, list_images, load_rgb
+from metrics import safe_auc
+from models import p_fake
+from utils import atomic_write_json, cli_main, crop_margin, get_device, positive_int
 
 
 @cli_main

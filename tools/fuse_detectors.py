@@ -23,17 +23,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from analysis import get_soft_scores_and_true_labels  # noqa: E402
-from checkpoints import read_checkpoint, save_checkpoint  # noqa: E402
-from common import DATASETS  # noqa: E402
-from detector import Detector, file_sha256, load_model_from_checkpoint  # noqa: E402
-from faces_dataset import dataset_labels, load_dataset  # noqa: E402
-from fusion import FUSED_SUFFIX, RULES, FusedModule, MemberScale, fit_logistic, fused_logits, write_fused_spec  # noqa: E402
-from mesonet import is_keras_file  # noqa: E402
-from metrics import DEFAULT_FAR, real_face_threshold, safe_auc  # noqa: E402
-from normalization import PIXELS  # noqa: E402
-from utils import UserError, cli_main, crop_margin, get_device, positive_int, probability, writable_dir  # noqa: E402
+from analysis import get_soft_scores_and_true_labels
+from checkpoints import read_checkpoint, save_checkpoint
+from common import DATASETS
+from detector import Detector, file_sha256, load_model_from_checkpoint
+from faces_dataset import dataset_labels, load_dataset
+from fusion import FUSED_SUFFIX, RULES, FusedModule, MemberScale, fit_logistic, fused_logits, write_fused_spec
+from mesonet import is_keras_file
+from metrics import DEFAULT_FAR, real_face_threshold, safe_auc
+from normalization import PIXELS
+from utils import UserError, cli_main, crop_margin, get_device, positive_int, probability, writable_dir
 
 HALF_AUC_TOLERANCE = 0.002
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import io
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +22,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import DATA_ROOT, DATASETS, DEFAULT_SEED, DEMO_MARKER, SPLITS  # noqa: E402
-from utils import probability  # noqa: E402
+from common import DATA_ROOT, DATASETS, DEFAULT_SEED, DEMO_MARKER, SPLITS
+from utils import probability
 
 SKIN_TONES = np.array(
     [[255, 224, 196], [241, 194, 160], [224, 172, 130], [198, 134, 96], [160, 102, 68], [118, 74, 48], [88, 56, 38]]

@@ -22,18 +22,16 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import DATASETS, FIGURES_DIR, OUT_DIR, run_name  # noqa: E402
-from faces_dataset import is_demo_data  # noqa: E402
-from trainer import HISTORY_KEYS  # noqa: E402
-from utils import UserError, atomic_write, cli_main, last_record, read_step_times, writable_dir  # noqa: E402
+from common import DATASETS, FIGURES_DIR, OUT_DIR, run_name
+from faces_dataset import is_demo_data
+from run_store import HISTORY_KEYS, last_record, read_step_times
+from utils import UserError, atomic_write, cli_main, writable_dir
 
 OPTIMIZER = "Adam"  # run_me.sh trains every model with the assignment's optimizer
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")

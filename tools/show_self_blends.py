@@ -11,17 +11,15 @@ comparison. Seeded: the same --seed draws the same faces and blends.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import DATA_ROOT, DATASETS, DEFAULT_SEED, FIGURES_DIR  # noqa: E402
-from faces_dataset import dataset_dir, evenly_spaced, list_images, load_rgb, real_faces_under  # noqa: E402
-from landmarks import folder_landmarks  # noqa: E402
-from self_blend import SelfBlendPairs  # noqa: E402
-from utils import UserError, cli_main, new_figure, positive_int, save_figure  # noqa: E402
+from common import DATA_ROOT, DATASETS, DEFAULT_SEED, FIGURES_DIR
+from faces_dataset import dataset_dir, evenly_spaced, list_images, load_rgb, real_faces_under
+from landmarks import folder_landmarks
+from self_blend import SelfBlendPairs
+from utils import UserError, cli_main, new_figure, positive_int, save_figure
 
 
 def triplets(paths: list[Path], seed: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import FIGURES_DIR, OUT_DIR, run_name  # noqa: E402
-from models import PRETRAINED_MODELS  # noqa: E402
-from utils import last_record, read_step_times  # noqa: E402
+from common import FIGURES_DIR, OUT_DIR, run_name
+from models import PRETRAINED_MODELS
+from run_store import last_record, read_step_times
 
 
 def _fmt(value, spec: str = ".2f") -> str:
