@@ -16,21 +16,25 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from common import BONUS_CHECKPOINT, DATA_ROOT, DATASETS, DEFAULT_BATCH_SIZE, DEFAULT_SEED, FIGURES_DIR, OPTIMIZERS, run_name
+from cli import (
+    UserError,
+    add_batch_size_flag,
+    add_checkpoint_flag,
+    add_data_flags,
+    add_device_flag,
+    add_output_flags,
+    add_progress_flag,
+    add_workers_flag,
+    positive_int,
+    writable_dir,
+)
+from common import BONUS_CHECKPOINT, DEFAULT_SEED, OPTIMIZERS, run_name
 from detector import Detector, load_model_from_checkpoint
 from faces_dataset import catalog_run_name, load_dataset
 from metrics import equal_error_rate
 from models import cam_target_layer, class_probabilities
 from normalization import Normalization, to_display
-from utils import (
-    UserError,
-    get_device,
-    make_loader,
-    non_negative_int,
-    positive_int,
-    set_seed,
-    writable_dir,
-)
+from utils import get_device, make_loader, set_seed
 
 
 def add_analysis_args(parser: argparse.ArgumentParser, model_names: tuple[str, ...]) -> None:
@@ -39,19 +43,18 @@ def add_analysis_args(parser: argparse.ArgumentParser, model_names: tuple[str, .
     -m is optional: the checkpoint names its model, and a -m that contradicts it is an error.
     """
     parser.add_argument("-m", "--model", choices=model_names, help="model name (checked against the checkpoint)")
-    parser.add_argument("-cpp", "--checkpoint_path", "--checkpoint", dest="checkpoint_path", type=Path, required=True,
-                        help="checkpoint written by train_main.py, e.g. checkpoints/fakes_dataset_SimpleNet_Adam.pt")
-    parser.add_argument("-d", "--dataset", choices=DATASETS, help="dataset name (required unless --catalog is given)")
-    parser.add_argument("--data-root", type=Path, default=DATA_ROOT, help="folder holding the datasets (default: %(default)s)")
+    add_checkpoint_flag(parser, help="checkpoint written by train_main.py, e.g. checkpoints/fakes_dataset_SimpleNet_Adam.pt "
+                        "(or MesoNet's .h5, or a fused detector's .fused.json)")
+    add_data_flags(parser)
     parser.add_argument("--catalog", type=Path, help="evaluate the test rows of a catalog.csv of tools/face_preprocess.py "
                         "instead of -d's test split (numerical_analysis.py then also scores each source video)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
+    add_device_flag(parser)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed for sampling images (default: %(default)s)")
     parser.add_argument("--limit", type=positive_int, help="use at most this many test images")
-    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="batch size (default: %(default)s)")
-    parser.add_argument("--num-workers", type=non_negative_int, help="DataLoader workers (default: none below 4 CPU cores, else half the cores)")
-    parser.add_argument("--figures-dir", type=Path, default=FIGURES_DIR, help="output folder (default: %(default)s)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_batch_size_flag(parser)
+    add_workers_flag(parser)
+    add_output_flags(parser, figures="output folder")
+    add_progress_flag(parser)
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,10 @@ import torch.nn.functional as F
 from PIL import Image, ImageFilter
 from torch import nn
 
+from cli import UserError
 from common import DEFAULT_ALPHA, DEFAULT_EPS, DEFAULT_PGD_STEPS
 from normalization import ASSIGNMENT_NORM, Normalization, denormalize, normalize
-from utils import UserError, frozen_eval
+from utils import frozen_eval
 
 ATTACKS = ("fgsm", "pgd", "cw")
 

@@ -12,20 +12,21 @@ from sklearn.metrics import roc_auc_score
 
 from analysis import get_soft_scores_and_true_labels
 from bonus_model import BONUS_ADVICE
-from common import BONUS_CHECKPOINT, DATA_ROOT
+from cli import add_data_flags, add_device_flag, add_progress_flag, cli_main, positive_int
+from common import BONUS_CHECKPOINT
 from detector import load_model_from_checkpoint
 from faces_dataset import load_dataset
-from utils import cli_main, get_device, get_nof_params, positive_int
+from utils import get_device, get_nof_params
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, default=BONUS_CHECKPOINT, help="bonus checkpoint (default: %(default)s)")
-    p.add_argument("--data-root", type=Path, default=DATA_ROOT, help="folder holding the datasets (default: %(default)s)")
+    add_data_flags(p, dataset=False)
     p.add_argument("--image-size", type=positive_int, help="input side in pixels (default: the size the model was trained at)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
+    add_device_flag(p)
     p.add_argument("--limit", type=positive_int, help="use at most this many test images")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress_flag(p)
     return p.parse_args(argv)
 
 

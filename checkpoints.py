@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils import UserError, atomic_torch_save, resolve_input_path
+from cli import UserError, resolve_input_path
+from files import atomic_torch_save
 
 FORMAT = "fmd-checkpoint-v2"
 TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"  # how torch.save's pre-zip format begins (a pickled magic number)

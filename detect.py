@@ -36,6 +36,19 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from analysis import compute_cams, eer_threshold_on, overlay
+from cli import (
+    UserError,
+    add_batch_size_flag,
+    add_checkpoint_flag,
+    add_device_flag,
+    add_progress_flag,
+    cli_main,
+    crop_margin,
+    positive_float,
+    positive_int,
+    probability,
+    writable_dir,
+)
 from common import IMAGE_EXTENSIONS, SHIPPED_DETECTOR
 from detector import Scorer, load_model_from_checkpoint
 from face_detection import (
@@ -50,20 +63,10 @@ from face_detection import (
     square_box,
 )
 from faces_dataset import DatasetError, FacesDataset, is_hidden, load_rgb
+from files import atomic_write, json_safe
 from metrics import AGGREGATES, Threshold, aggregate
 from models import MODEL_NAMES
-from utils import (
-    UserError,
-    atomic_write,
-    cli_main,
-    crop_margin,
-    get_device,
-    json_safe,
-    positive_float,
-    positive_int,
-    probability,
-    writable_dir,
-)
+from utils import get_device
 
 
 @dataclass
@@ -366,9 +369,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 f"e.g. detect.py [options] -- {dashed[0]}")
     p.add_argument("paths", nargs="+", help="images, videos, folders (searched recursively) or glob patterns "
                    "(a name that starts with a dash goes after --: detect.py -- -photo.png)")
-    p.add_argument("-cpp", "--checkpoint_path", "--checkpoint", dest="checkpoint_path", type=Path, default=SHIPPED_DETECTOR,
-                   help="checkpoint written by train_main.py, MesoNet's .h5 or a fused detector's .fused.json (default: "
-                   "the shipped detector, weights/README.md)")
+    add_checkpoint_flag(p, required=False, default=SHIPPED_DETECTOR, help="checkpoint written by train_main.py, "
+                        "MesoNet's .h5 or a fused detector's .fused.json (default: the shipped detector, weights/README.md)")
     p.add_argument("-m", "--model", choices=MODEL_NAMES, help="model name (optional: checked against the checkpoint)")
     frames = p.add_mutually_exclusive_group()
     frames.add_argument("--frames", type=positive_int, default=32, help="evenly spaced frames per video (default: 32)")
@@ -385,14 +387,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--margin", type=crop_margin, help="face box growth per side, a share of its size (negative: tighter; "
                    f"default: how the checkpoint's training faces were framed, else {DEFAULT_MARGIN})")
     p.add_argument("--min-prob", type=probability, default=DEFAULT_MIN_PROB, help="minimum MTCNN face probability (default: %(default)s)")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="face crops per model batch (default: %(default)s)")
+    add_batch_size_flag(p, what="face crops per model batch")
     p.add_argument("--detect-batch", type=positive_int, default=8, help="frames per MTCNN batch (default: %(default)s)")
     p.add_argument("--extractor", choices=("auto", "ffmpeg", "opencv"), default="auto",
                    help="video decoder (default: ffmpeg when on PATH, else OpenCV)")
     p.add_argument("--fp32", action="store_true", help="score in float32 on the CPU instead of bfloat16 autocast "
                    "(bfloat16 is faster where the CPU has bfloat16 units and kept AUC within 0.002: README)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_device_flag(p)
+    add_progress_flag(p)
     args = p.parse_args(argv)
     if args.out is not None and args.out.suffix.lower() not in (".csv", ".json"):
         p.error("--out must end in .csv or .json")

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from checkpoints import checkpoint_model_name, load_weights, read_checkpoint
+from cli import UserError, resolve_input_path
 from common import IMAGE_SIZE
 from face_detection import Framing
 from fusion import FUSED_SUFFIX, FusedModule, MemberScale, read_fused_spec
@@ -25,7 +26,6 @@ from mesonet import is_keras_file, keras_checkpoint
 from metrics import Threshold
 from models import build_untrained, p_fake
 from normalization import Normalization
-from utils import UserError, resolve_input_path
 
 UNKNOWN = "unknown"
 

@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from common import WORK_DIR
 from faces_dataset import evenly_spaced, load_rgb
-from utils import atomic_write_json, get_device
+from files import atomic_write_json
+from utils import get_device
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 DEFAULT_MARGIN = 0.3  # box growth per side, as a share of the box's larger side (the training crops' margin)

@@ -15,9 +15,9 @@ from torchvision import transforms
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms import v2
 
+from cli import UserError
 from common import DATA_ROOT, DATASETS, DEMO_MARKER, IMAGE_EXTENSIONS, IMAGE_SIZE, SPLITS
 from normalization import ASSIGNMENT_NORM, Normalization
-from utils import UserError
 
 # Pillow: with the transform, 2,600 img/s against torchvision.io's 2,430 on ../shared/data's 224 px JPEGs (2 cores)
 DEFAULT_DECODER = "pil"

@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cli import UserError
+from files import atomic_write_json
 from normalization import PIXELS, Normalization, normalize
-from utils import UserError, atomic_write_json
 
 FUSED_SUFFIX = ".fused.json"
 FORMAT = "fmd-fused-v1"

@@ -18,11 +18,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from analysis import METHOD_NAMES, add_analysis_args, analysis_inputs_from_flags, compute_cams, overlay
+from cli import UserError, cli_main, positive_int
 from common import CLASS_NAMES
 from faces_dataset import dataset_labels
 from models import MODEL_NAMES, p_fake
 from normalization import ASSIGNMENT_NORM, Normalization, to_display
-from utils import UserError, cli_main, new_figure, positive_int, save_figure
+from utils import new_figure, save_figure
 
 
 def get_grad_cam_visualization(test_dataset: Dataset, model: nn.Module, method: str = "gradcam",

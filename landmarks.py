@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from cli import UserError
 from common import WORK_DIR
 from faces_dataset import load_rgb
-from utils import UserError, atomic_write_json
+from files import atomic_write_json
 
 PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
 CACHE_DIR = WORK_DIR / "cache" / "landmarks"

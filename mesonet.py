@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from cli import UserError
 from normalization import Normalization
 from pretrained import resolve_pretrained_weights
-from utils import UserError
 
 MESONET_REPO = "https://github.com/DariusAf/MesoNet"
 MESONET_FILES = ("Meso4_DF.h5", "Meso4_F2F.h5", "MesoInception_DF.h5", "MesoInception_F2F.h5")

@@ -18,11 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import ResNet50_Weights, resnet50
 
+from cli import UserError
 from common import IMAGE_SIZE
 from mesonet import MESONET_IMAGE_SIZE, MESONET_NORM, Meso4, MesoInception4
 from normalization import ASSIGNMENT_NORM, IMAGENET_NORM, Normalization
 from pretrained import efficientnet_lite_key_map, efficientnet_lite_weight_file, read_state_dict, resolve_pretrained_weights
-from utils import UserError, get_nof_params
+from utils import get_nof_params
 from xception import FEATURE_DIM, build_xception_backbone
 
 RESNET50_FILES = ("resnet50-11ad3fa6.pth", "resnet50-0676ba61.pth")

@@ -17,7 +17,9 @@ import numpy as np
 from sklearn import metrics
 
 from analysis import add_analysis_args, analysis_inputs_from_flags, get_soft_scores_and_true_labels
+from cli import UserError, cli_main, positive_int, probability
 from faces_dataset import dataset_sources, load_dataset
+from files import atomic_write_json
 from metrics import (
     AGGREGATES,
     apply_temperature,
@@ -32,15 +34,7 @@ from metrics import (
     youden_threshold,
 )
 from models import MODEL_NAMES
-from utils import (
-    UserError,
-    atomic_write_json,
-    cli_main,
-    new_figure,
-    positive_int,
-    probability,
-    save_figure,
-)
+from utils import new_figure, save_figure
 
 SCORE_GROUPS = {"A: real score (output 0)": 0, "B: fake score (output 1)": 1}
 

@@ -12,10 +12,11 @@ from pathlib import Path
 
 from matplotlib.ticker import MaxNLocator
 
-from common import DATASETS, FIGURES_DIR, run_name
+from cli import UserError, add_output_flags, add_progress_flag, cli_main, writable_dir
+from common import DATASETS, run_name
 from models import MODEL_NAMES
 from run_store import read_json_list
-from utils import UserError, cli_main, new_figure, save_figure, writable_dir
+from utils import new_figure, save_figure
 
 SPLIT_STYLES = {"train": "o-", "val": "s-", "test": "^-"}
 
@@ -26,8 +27,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("-j", "--json", type=Path, required=True, help="the JSON log written by train_main.py")
     p.add_argument("-d", "--dataset", choices=DATASETS, help="dataset name (optional: taken from the log, and checked)")
     p.add_argument("--run", type=int, default=-1, help="which record of the log to draw (default: -1, the last)")
-    p.add_argument("--figures-dir", type=Path, default=FIGURES_DIR, help="output folder (default: %(default)s)")
-    p.add_argument("--no-progress", action="store_true", help="accepted for symmetry with the other scripts (no bars here)")
+    add_output_flags(p, figures="output folder")
+    add_progress_flag(p)  # accepted for symmetry with the other scripts (no bars here)
     return p.parse_args(argv)
 
 

@@ -12,18 +12,19 @@ from pathlib import Path
 
 import numpy as np
 
-from common import CLASS_NAMES, DATA_ROOT, DATASETS, FIGURES_DIR
+from cli import add_data_flags, add_output_flags, add_progress_flag, cli_main, positive_int, writable_dir
+from common import CLASS_NAMES, DATASETS
 from faces_dataset import FacesDataset, dataset_dir
-from utils import cli_main, new_figure, positive_int, save_figure, writable_dir
+from utils import new_figure, save_figure
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-root", type=Path, default=DATA_ROOT, help="folder holding the datasets (default: %(default)s)")
+    add_data_flags(p, dataset=False)
     p.add_argument("--split", choices=("train", "val", "test"), default="train", help="split to sample (default: train)")
     p.add_argument("--n", type=positive_int, default=4, help="samples per row (default: %(default)s)")
-    p.add_argument("--figures-dir", type=Path, default=FIGURES_DIR, help="output folder (default: %(default)s)")
-    p.add_argument("--no-progress", action="store_true", help="accepted for symmetry with the other scripts (no bars here)")
+    add_output_flags(p, figures="output folder")
+    add_progress_flag(p)  # accepted for symmetry with the other scripts (no bars here)
     return p.parse_args(argv)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from utils import UserError
+from cli import UserError
 
 
 def weight_search_dirs() -> list[Path]:

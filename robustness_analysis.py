@@ -29,26 +29,15 @@ from tqdm import tqdm
 
 from analysis import AnalysisInputs, add_analysis_args, analysis_inputs_from_flags, get_soft_scores_and_true_labels
 from attacks import CORRUPTIONS, Corruption, attack_batch, cw_attack
+from cli import UserError, cli_main, comma_choices, finite_float, non_negative_int, positive_float, positive_int
 from common import DEFAULT_PGD_STEPS, ROBUSTNESS_EPSILONS
 from faces_dataset import dataset_labels, load_dataset
+from files import atomic_write_json
 from metrics import safe_auc
 from models import MODEL_NAMES, p_fake
 from normalization import Normalization, denormalize, normalize
 from run_store import read_json_list
-from utils import (
-    UserError,
-    atomic_write_json,
-    cli_main,
-    comma_choices,
-    finite_float,
-    make_loader,
-    new_figure,
-    non_negative_int,
-    positive_float,
-    positive_int,
-    sample_batch,
-    save_figure,
-)
+from utils import make_loader, new_figure, sample_batch, save_figure
 
 
 def evaluate_under_attack(

@@ -27,17 +27,10 @@ from typing import Any
 from torch import nn
 
 from checkpoints import read_checkpoint, save_checkpoint
+from cli import UserError, resolve_input_path
 from common import run_name
 from distributed import World, sum_across
-from utils import (
-    UserError,
-    atomic_write_json,
-    ensure_free_space,
-    file_lock,
-    remove_stale_temp_files,
-    resolve_input_path,
-    run_lock,
-)
+from files import atomic_write_json, ensure_free_space, file_lock, remove_stale_temp_files, run_lock
 
 HISTORY_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")  # the assignment's record
 EXTRA_HISTORY_KEYS = ("val_auc", "test_auc", "lr")

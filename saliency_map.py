@@ -16,18 +16,11 @@ from torch import nn
 from tqdm import tqdm
 
 from analysis import add_analysis_args, analysis_inputs_from_flags
+from cli import cli_main, positive_int
 from common import CLASS_NAMES
 from models import MODEL_NAMES
 from normalization import to_display
-from utils import (
-    cli_main,
-    frozen_eval,
-    make_loader,
-    new_figure,
-    positive_int,
-    sample_batch,
-    save_figure,
-)
+from utils import frozen_eval, make_loader, new_figure, sample_batch, save_figure
 
 
 def compute_gradient_saliency_maps(samples: torch.Tensor, true_labels: torch.Tensor, model: nn.Module) -> torch.Tensor:

@@ -14,6 +14,7 @@ from pathlib import Path
 from PIL import Image
 from torch.utils.data import Dataset
 
+from cli import UserError
 from face_detection import Framing, measure_framing
 from faces_dataset import (
     DatasetError,
@@ -28,7 +29,6 @@ from faces_dataset import (
 from landmarks import faces_not_found, folder_landmarks
 from normalization import Normalization
 from self_blend import HULLS, FakePairs, PairConcat, SelfBlendEvaluation, SelfBlendPairs
-from utils import UserError
 
 PREPROCESS_RECORD = "face_preprocess.json"  # written by tools/face_preprocess.py beside its crops
 

@@ -29,13 +29,27 @@ from torch.utils.data import Dataset
 
 from attacks import AdversarialConfig, pgd_step_size
 from checkpoints import WeightsMismatch
+from cli import (
+    UserError,
+    add_batch_size_flag,
+    add_data_flags,
+    add_device_flag,
+    add_output_flags,
+    add_progress_flag,
+    add_workers_flag,
+    cli_main,
+    comma_choices,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    writable_dir,
+)
 from common import (
     BALANCE,
     BONUS_CHECKPOINT,
     CHECKPOINT_DIR,
-    DATA_ROOT,
     DATASETS,
-    DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
     DEFAULT_EPS,
     DEFAULT_LR,
@@ -44,7 +58,6 @@ from common import (
     DEFAULT_PGD_STEPS,
     DEFAULT_SEED,
     OPTIMIZERS,
-    OUT_DIR,
     SCHEDULERS,
     SELECT_BY,
     SPLITS,
@@ -65,28 +78,15 @@ from self_blend import FAKE_MODES, HULLS
 from settings import TrainSettings, from_namespace
 from splits import DataSettings, build_splits, training_framing
 from trainer import LoggingParameters, Schedule, Trainer, TrainerConfig
-from utils import (
-    UserError,
-    cli_main,
-    comma_choices,
-    get_device,
-    get_nof_params,
-    non_negative_float,
-    non_negative_int,
-    positive_float,
-    positive_int,
-    set_seed,
-    writable_dir,
-)
+from utils import get_device, get_nof_params, set_seed
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-d", "--dataset", choices=DATASETS, default=DATASETS[0], help="dataset name (default: %(default)s)")
+    add_data_flags(p, dataset_default=DATASETS[0])
     p.add_argument("-m", "--model", choices=MODEL_NAMES, default="SimpleNet", help="model name (default: %(default)s)")
     p.add_argument("--lr", type=positive_float, default=DEFAULT_LR, help="learning rate (default: %(default)s)")
-    p.add_argument("-b", "--batch_size", "--batch-size", dest="batch_size", type=positive_int, default=DEFAULT_BATCH_SIZE,
-                   help="batch size (default: %(default)s)")
+    add_batch_size_flag(p, short=True)
     p.add_argument("-e", "--epochs", type=positive_int, default=DEFAULT_EPOCHS, help="epochs in total (default: %(default)s)")
     p.add_argument("-o", "--optimizer", choices=OPTIMIZERS, default=DEFAULT_OPTIMIZER, help="optimizer (default: %(default)s)")
     p.add_argument("--momentum", type=non_negative_float, default=DEFAULT_MOMENTUM, help="SGD momentum (default: %(default)s)")
@@ -114,16 +114,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "fakes_dataset did not transfer better: README, Generalization)")
     p.add_argument("--balance", choices=BALANCE, default="none",
                    help="imbalanced classes: loss weights or a balanced sampler for the train split (default: none)")
-    p.add_argument("--data-root", type=Path, default=DATA_ROOT, help="folder holding the datasets (default: %(default)s)")
+
     p.add_argument("--catalog", type=Path, help="train on a catalog.csv of tools/face_preprocess.py instead of -d's "
                    "splits (its 'split' column picks the train/val/test rows)")
     p.add_argument("--image-size", type=positive_int,
                    help="input side in pixels (default: the model's own: 256, 224 for ResNet50/EfficientNetLite0, 260 Lite2)")
     p.add_argument("--limit", type=positive_int, help="use at most this many samples per split (quick runs)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
-    p.add_argument("--num-workers", type=non_negative_int,
-                   help="DataLoader workers (default: none below 4 CPU cores, else half the cores, at most 8)")
+    add_device_flag(p)
+    add_workers_flag(p)
     p.add_argument("--decoder", choices=DECODERS, default=DEFAULT_DECODER,
                    help="JPEG decoder: Pillow or torchvision.io (default: %(default)s, the faster here)")
     p.add_argument("--amp", action="store_true", help="mixed precision on CUDA")
@@ -143,9 +142,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--alpha", type=positive_float, help="PGD step, [0,1] pixels (default: 2.5 * eps / steps)")
     p.add_argument("--steps", type=positive_int, default=DEFAULT_PGD_STEPS, help="PGD steps, at least 1 (default: %(default)s)")
     p.add_argument("--adv-ratio", type=non_negative_float, default=0.5, help="share of each batch made adversarial (default: %(default)s)")
-    p.add_argument("--out-dir", type=Path, default=OUT_DIR, help="JSON logs folder (default: %(default)s)")
+    add_output_flags(p, out="JSON logs folder")
     p.add_argument("--checkpoint-dir", type=Path, default=CHECKPOINT_DIR, help="checkpoints folder (default: %(default)s)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress_flag(p)
     p.add_argument("--tensorboard", nargs="?", const=TENSORBOARD_DEFAULT, metavar="DIR",
                    help="also log the per-epoch numbers to TensorBoard in DIR (default: runs/<run name>, under FMD_WORK_DIR)")
     args = p.parse_args(argv)

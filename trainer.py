@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from attacks import AdversarialConfig, adversarial_rows
 from checkpoints import FORMAT
+from cli import UserError
 from common import CHECKPOINT_DIR, DEFAULT_SEED, OUT_DIR
 from distributed import SINGLE, World, gather_in_order, sum_across, sync_buffers
 from loaders import eval_loader, train_loader
@@ -48,7 +49,7 @@ from run_store import (
     open_tensorboard,
 )
 from settings import FIXED, FREE, plain_value, resume_conflicts, resume_policy, setting, settings_record
-from utils import UserError, set_seed
+from utils import set_seed
 
 
 @dataclass

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cli import UserError
 from pretrained import huggingface_cache_files, read_state_dict, resolve_pretrained_weights, timm_xception_to_ours
-from utils import UserError
 
 XCEPTION_URL = "http://data.lip6.fr/cadene/pretrainedmodels/xception-43020ad28.pth"
 # timm's copy of the same ImageNet weights, tried when the first source fails

@@ -73,8 +73,8 @@ def test_the_blur_ladder_is_monotone_for_a_high_frequency_detector(tmp_path, mon
     # 8 + 8 test images (once at chance it wobbles by a few hundredths)
     assert blur[0] > 0.8 and blur[-1] < 0.6
     assert all(later <= earlier + 0.06 for earlier, later in zip(blur, blur[1:]))
-    saved = json.loads((tmp_path / "fig" / "fakes_dataset_HighFrequency_corruptions.json").read_text())[0]
+    saved = json.loads((tmp_path / "fig" / "fakes_dataset_HighFrequency__hf_corruptions.json").read_text())[0]
     assert saved["clean_auc"] == pytest.approx(1.0) and [r["severity"] for r in saved["corruptions"]["jpeg"]] == [
         95, 75, 50, 30, 10]
-    assert (tmp_path / "fig" / "fakes_dataset_HighFrequency_corruption_curves.png").is_file()
-    assert not (tmp_path / "fig" / "fakes_dataset_HighFrequency_robustness.json").exists()  # no attack was run
+    assert (tmp_path / "fig" / "fakes_dataset_HighFrequency__hf_corruption_curves.png").is_file()
+    assert not (tmp_path / "fig" / "fakes_dataset_HighFrequency__hf_robustness.json").exists()  # no attack was run

@@ -20,8 +20,8 @@ import face_preprocess
 import train_main
 from checkpoints import read_checkpoint
 from conftest import REPO
+from files import run_lock
 from test_detect import checkpoint, media, monkeypatch_module  # noqa: F401  (fixtures)
-from utils import run_lock
 
 
 def digest(folder: Path) -> dict[str, str]:

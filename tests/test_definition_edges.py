@@ -15,6 +15,7 @@ from torch import nn
 import detect
 from attacks import Corruption, pgd_attack
 from checkpoints import read_checkpoint
+from cli import UserError
 from conftest import TinyNet, separable_toy_set
 from face_detection import FaceDetector, square_box
 from faces_dataset import load_image
@@ -27,7 +28,6 @@ from metrics import (
 )
 from test_detect import checkpoint, media, monkeypatch_module  # noqa: F401  (fixtures)
 from trainer import LoggingParameters, Schedule, Trainer, lr_factor
-from utils import UserError
 
 LP = LoggingParameters("TinyNet", "toy", "Adam")
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
+from cli import UserError
 from faces_dataset import CatalogDataset, DatasetError, FacesDataset, get_transforms, load_dataset
-from utils import UserError
 
 
 def make_split(root, n_real=2, n_fake=3, size=8):

@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from checkpoints import save_checkpoint
+from cli import UserError
 from detector import file_sha256, load_model_from_checkpoint
 from fusion import FUSED_SUFFIX, MemberScale, fit_logistic, fused_logits, write_fused_spec
 from metrics import Threshold, per_source_far_threshold, real_face_threshold, real_far_threshold
 from models import build_model
 from normalization import IMAGENET_NORM, Normalization, normalize
-from utils import UserError
 
 SCORES = [0.9, 0.8, 0.8, 0.7, 0.1]  # five real faces, two of them tied
 

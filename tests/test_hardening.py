@@ -14,10 +14,11 @@ import torch
 from PIL import Image
 
 from checkpoints import read_checkpoint, save_checkpoint
+from cli import UserError, one_line
 from conftest import REPO
 from faces_dataset import DatasetError, FacesDataset, load_rgb
+from files import atomic_write_json
 from models import build_model
-from utils import UserError, atomic_write_json, one_line
 
 
 def run(script: str, *argv: str, timeout: int = 180, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -10,9 +10,9 @@ import pytest
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
+from cli import UserError
 from detector import load_model_from_checkpoint
 from mesonet import MESONET_NORM, Meso4, MesoInception4, keras_checkpoint
-from utils import UserError
 
 RNG = np.random.default_rng(0)
 

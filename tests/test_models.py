@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from bonus_model import BonusNet, my_bonus_model
+from cli import UserError
 from detector import load_model_from_checkpoint
 from models import (
     SimpleNet,
@@ -13,7 +14,7 @@ from models import (
     get_xception_based_model,
     mlp_head_extra_params,
 )
-from utils import UserError, get_nof_params
+from utils import get_nof_params
 from xception import XCEPTION_FILES, Xception, build_xception_backbone, load_xception_state_dict
 
 

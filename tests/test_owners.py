@@ -15,13 +15,13 @@ import train_main
 from analysis import compute_cams
 from bonus_model import BonusNet, my_bonus_model
 from checkpoints import save_checkpoint
+from cli import UserError
 from common import run_name
 from detector import load_model_from_checkpoint
 from face_detection import Framing
 from metrics import Threshold
 from models import build_model, p_fake
 from normalization import Normalization
-from utils import UserError
 
 
 class Blob(nn.Module):
@@ -174,7 +174,7 @@ def test_file_lock_waits_or_refuses_at_once(tmp_path):
     import threading
     import time
 
-    from utils import file_lock
+    from files import file_lock
 
     lock, events = tmp_path / "x.lock", []
 
@@ -214,7 +214,7 @@ def test_one_eer_threshold_for_val_splits_and_the_users_folders(tmp_path):
 
 
 def test_run_lock_reports_only_a_held_lock_as_already_running(tmp_path):
-    from utils import run_lock
+    from files import run_lock
 
     with pytest.raises(BlockingIOError, match="the run's own"):  # an error inside the run passes through as it is
         with run_lock(tmp_path / "x.lock", "a run named x", "wait"):

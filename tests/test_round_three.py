@@ -11,8 +11,9 @@ import sys
 import numpy as np
 import pytest
 
+from cli import UserError
 from conftest import REPO
-from utils import atomic_write_json
+from files import atomic_write_json
 
 
 # ---- NaN and infinity --------------------------------------------------------------------------------------------------
@@ -67,8 +68,8 @@ def test_a_full_disk_while_saving_a_checkpoint_says_so_and_keeps_the_previous_on
     from pathlib import Path
 
     from checkpoints import read_checkpoint
+    from cli import UserError
     from trainer import LoggingParameters
-    from utils import UserError
 
     lp = LoggingParameters("TinyNet", "toy", "Adam")
     trainer = make_trainer(tmp_path)
@@ -94,7 +95,6 @@ def test_an_epoch_does_not_start_when_its_checkpoint_would_not_fit(tmp_path, mon
     import shutil
 
     from trainer import LoggingParameters
-    from utils import UserError
 
     trainer = make_trainer(tmp_path)
     usage = shutil.disk_usage(tmp_path)
@@ -315,7 +315,6 @@ def test_a_plain_pickle_is_named_as_such_and_never_loaded(tmp_path):
     import pickle
 
     from checkpoints import read_checkpoint
-    from utils import UserError
 
     path = tmp_path / "model.pt"
     path.write_bytes(pickle.dumps({"model": {"w": [1.0]}}))
@@ -348,8 +347,8 @@ def test_detect_names_a_dashed_file_a_disguised_jpeg_and_the_kinds_it_skips(tmp_
 
 
 def test_the_report_calls_a_corrupt_file_corrupt_and_a_read_only_folder_one_sentence(tmp_path, capsys, monkeypatch):
+    import cli
     import make_report
-    import utils
 
     out, figures = tmp_path / "out", tmp_path / "figures"
     out.mkdir()
@@ -362,7 +361,7 @@ def test_the_report_calls_a_corrupt_file_corrupt_and_a_read_only_folder_one_sent
     def read_only(*_args, **_kwargs):  # what a read-only folder answers (root writes anywhere, so it is simulated)
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(utils.tempfile, "NamedTemporaryFile", read_only)
+    monkeypatch.setattr(cli.tempfile, "NamedTemporaryFile", read_only)
     with pytest.raises(SystemExit) as exit_info:
         make_report.main(["--out-dir", str(out), "--figures-dir", str(figures)])
     err = capsys.readouterr().err

@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
+from cli import UserError
 from conftest import REPO, TinyNet, separable_toy_set
 from settings import FIXED, TrainSettings, resume_conflicts, resume_policy, setting, settings_record
 from trainer import LoggingParameters, Schedule, Trainer
-from utils import UserError
 
 TOP = {p.stem: p for p in REPO.glob("*.py")}
 TOOLS = {p.stem: p for p in (REPO / "tools").glob("*.py")}
@@ -149,3 +149,16 @@ def test_a_trainer_caller_with_train_settings_is_refused_other_blend_regions(tmp
     with pytest.raises(UserError) as err:
         toy_trainer(tmp_path, replace(first, blend_regions=("face", "inner"))).run(2, lp, resume=True)
     assert "blend_regions: ['inner', 'face'] -> ['face', 'inner']" in str(err.value)
+
+
+def test_the_shared_flags_are_declared_once_and_shown_together():
+    shared = ("--device", "--no-progress", "--num-workers", "--data-root", "--figures-dir", '"-cpp"')
+    offenders = [f"{path.name}: {flag}" for path in [*TOP.values(), *TOOLS.values()] if path.name != "cli.py"
+                 for flag in shared if f'add_argument({flag if flag.startswith(chr(34)) else chr(34) + flag + chr(34)}' in path.read_text()]
+    assert offenders == []
+    import detect
+    import train_main
+
+    for module, argv in ((train_main, ["-h"]), (detect, ["x.png", "-h"])):
+        with pytest.raises(SystemExit):
+            module.parse_args(argv)

@@ -10,6 +10,7 @@ import pytest
 import plot_accuracy_and_loss
 import plot_samples_of_faces_dataset
 import train_main
+from cli import UserError
 from conftest import REPO
 
 
@@ -110,8 +111,8 @@ def test_train_on_a_catalog(tmp_path):
 def test_init_from_copies_weights_and_refuses_a_mismatch(demo_root, tmp_path):
     import torch
 
+    from cli import UserError
     from models import SimpleNet
-    from utils import UserError
 
     train(demo_root, tmp_path, "-e", "1")
     ckpt = tmp_path / "ckpt" / "fakes_dataset_SimpleNet_Adam.pt"
@@ -144,7 +145,6 @@ def test_no_builder_swallows_an_option():
     import inspect
 
     from models import MODEL_SPECS, build_model
-    from utils import UserError
 
     for name, spec in MODEL_SPECS.items():
         kinds = {p.kind for p in inspect.signature(spec.build).parameters.values()}

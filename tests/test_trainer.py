@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from cli import UserError
 from conftest import TinyNet, separable_toy_set
 from trainer import HISTORY_KEYS, LoggingParameters, MetricAccumulator, Trainer
-from utils import UserError
 
 
 def test_accumulator_averages_over_samples_not_batches():

@@ -14,11 +14,11 @@ from torch import nn
 
 from bonus_model import BonusNet
 from checkpoints import read_checkpoint
+from cli import UserError
 from conftest import REPO, TinyNet, separable_toy_set
 from faces_dataset import dataset_labels, load_dataset
 from loaders import class_balance_weights
 from trainer import LoggingParameters, Schedule, Trainer, is_better, lr_factor
-from utils import UserError
 
 LP = LoggingParameters("TinyNet", "toy", "Adam", {"lr": 0.05})
 

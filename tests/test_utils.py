@@ -6,10 +6,12 @@ import os
 import pytest
 import torch
 
+from cli import UserError, comma_choices
 from faces_dataset import dataset_labels, evenly_spaced_subset
+from files import atomic_write_json
 from normalization import denormalize, normalize
 from run_store import read_json_list
-from utils import UserError, atomic_write_json, comma_choices, frozen_eval, get_device
+from utils import frozen_eval, get_device
 
 
 class Labelled(torch.utils.data.Dataset):

@@ -146,9 +146,9 @@ def test_train_interrupted_by_ctrl_c_says_where_it_stopped_and_how_to_resume(dem
 
 def test_advice_points_the_right_way(tmp_path):
     from checkpoints import load_weights
+    from cli import UserError
     from faces_dataset import dataset_dir
     from models import build_model
-    from utils import UserError
 
     (tmp_path / "root.txt").write_text("not a folder")
     with pytest.raises(UserError, match="is a file, not a folder"):

@@ -18,6 +18,7 @@ import torch
 
 from attacks import NormalizedModel, _input_gradient, fgsm_attack, pgd_attack
 from benchmarking import random_batch_setup, timed
+from cli import add_device_flag
 from common import DEFAULT_BATCH_SIZE, IMAGE_SIZE
 from models import MODEL_NAMES
 from utils import frozen_eval, get_device, set_seed
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--image-size", type=int, default=IMAGE_SIZE)
     p.add_argument("--steps", type=int, default=10, help="PGD steps k (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--device", default="auto")
+    add_device_flag(p)
     args = p.parse_args(argv)
     r = measure(args.model, args.batch_size, args.image_size, args.steps, args.repeats, get_device(args.device))
     print(f"{r['model']} batch {r['batch_size']} {r['image_size']}px on {r['device']}:")

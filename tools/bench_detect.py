@@ -24,14 +24,16 @@ import torch
 from PIL import Image
 
 from checkpoints import save_checkpoint
+from cli import add_data_flags, add_device_flag
 from common import DATASETS, OUT_DIR
 from common import REPO_ROOT as REPO
 from detector import Detector, Scorer, load_model_from_checkpoint
 from face_detection import DEFAULT_MARGIN, FaceDetector, crop_face, sample_frames
 from faces_dataset import FacesDataset, dataset_dir, dataset_labels, evenly_spaced_subset
+from files import atomic_write_json
 from metrics import safe_auc
 from models import build_untrained
-from utils import atomic_write_json, get_device
+from utils import get_device
 
 
 def make_video(photo: np.ndarray, path: Path, seconds: float = 10, fps: int = 30, size=(1280, 720)) -> int:
@@ -85,10 +87,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--checkpoint", type=Path, help="a trained checkpoint or fused detector (default: an untrained bonus model)")
     p.add_argument("--frames", type=int, default=32, help="sampled frames (default: %(default)s)")
     p.add_argument("--images", type=int, default=16, help="photos in the folder benchmark (default: %(default)s)")
-    p.add_argument("--data-root", type=Path, help="also compare float32 and bfloat16 scoring (AUC, speed) on each "
+    add_data_flags(p, dataset=False, root_default=None, root_help="also compare float32 and bfloat16 scoring (AUC, speed) on each "
                    "dataset's test split under this root")
     p.add_argument("--limit", type=int, default=400, help="test images per dataset for --data-root (default: %(default)s)")
-    p.add_argument("--device", default="auto")
+    add_device_flag(p)
     p.add_argument("--out", type=Path, default=OUT_DIR / "bench_detect.json")
     args = p.parse_args(argv)
     from skimage import data

@@ -18,9 +18,11 @@ from pathlib import Path
 import torch
 
 from benchmarking import compare, random_batch_setup, timed
-from common import DATA_ROOT, DEFAULT_BATCH_SIZE, IMAGE_SIZE, OUT_DIR
+from cli import add_data_flags, add_device_flag
+from common import DEFAULT_BATCH_SIZE, IMAGE_SIZE, OUT_DIR
 from faces_dataset import DECODERS, load_dataset
-from utils import atomic_write_json, default_num_workers, get_device, get_nof_params, make_loader
+from files import atomic_write_json
+from utils import default_num_workers, get_device, get_nof_params, make_loader
 
 
 def model_throughput(name: str, batch_size: int, image_size: int, steps: int, device: torch.device) -> dict:
@@ -59,9 +61,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     p.add_argument("--image-size", type=int, default=IMAGE_SIZE)
     p.add_argument("--steps", type=int, default=3, help="timed steps per model (default: %(default)s)")
-    p.add_argument("--data-root", type=Path, default=DATA_ROOT, help="needs fakes_dataset/train (default: %(default)s)")
+    add_data_flags(p, dataset=False, root_help="needs fakes_dataset/train")
     p.add_argument("--limit", type=int, default=128, help="images for the loading and overhead runs (default: %(default)s)")
-    p.add_argument("--device", default="auto")
+    add_device_flag(p)
     p.add_argument("--out", type=Path, default=OUT_DIR / "bench.json")
     args = p.parse_args(argv)
     device = get_device(args.device)

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from benchmarking import compare, timed
-from common import DATA_ROOT, DEFAULT_BATCH_SIZE, IMAGE_SIZE
+from cli import add_data_flags, add_device_flag, add_workers_flag
+from common import DEFAULT_BATCH_SIZE, IMAGE_SIZE
 from faces_dataset import DECODERS, DEFAULT_DECODER, get_transforms, load_dataset, split_paths
 from landmarks import folder_landmarks
 from models import MODEL_NAMES, build_untrained
@@ -55,14 +56,14 @@ def compare_self_blend(model_name: str, data_root: Path, limit: int, batch_size:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=MODEL_NAMES, default="SimpleNet")
-    p.add_argument("--data-root", type=Path, default=DATA_ROOT, help="needs fakes_dataset/train (default: %(default)s)")
+    add_data_flags(p, dataset=False, root_help="needs fakes_dataset/train")
     p.add_argument("--limit", type=int, default=128, help="training images per epoch (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     p.add_argument("--image-size", type=int, default=IMAGE_SIZE)
     p.add_argument("--rounds", type=int, default=2, help="timed epochs of each loop (default: %(default)s)")
-    p.add_argument("--num-workers", type=int, help="DataLoader workers (default: the suite's choice)")
+    add_workers_flag(p)
     p.add_argument("--decoder", choices=DECODERS, default=DEFAULT_DECODER, help="JPEG decoder (default: %(default)s)")
-    p.add_argument("--device", default="auto")
+    add_device_flag(p)
     p.add_argument("--self-blend", action="store_true", help="compare the Trainer on the dataset's images with the "
                    "Trainer on self-blended pairs of its real faces (--fakes self-blend) instead")
     args = p.parse_args(argv)

@@ -18,20 +18,22 @@ from pathlib import Path
 import numpy as np
 
 from analysis import eer_threshold_on, get_soft_scores_and_true_labels
-from common import DATASETS, DEFAULT_SEED, FIGURES_DIR, OUT_DIR
-from detector import Detector, load_model_from_checkpoint
-from faces_dataset import load_dataset
-from metrics import bootstrap_intervals, compute_metrics
-from utils import (
+from cli import (
     UserError,
-    atomic_write_json,
+    add_batch_size_flag,
+    add_device_flag,
+    add_output_flags,
+    add_progress_flag,
     cli_main,
-    get_device,
-    new_figure,
     positive_int,
-    save_figure,
     writable_dir,
 )
+from common import DATASETS, DEFAULT_SEED
+from detector import Detector, load_model_from_checkpoint
+from faces_dataset import load_dataset
+from files import atomic_write_json
+from metrics import bootstrap_intervals, compute_metrics
+from utils import get_device, new_figure, save_figure
 
 
 def test_sets(roots: list[Path], dataset: str | None) -> list[tuple[Path, str]]:
@@ -123,14 +125,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    help="accuracy at the checkpoint's own validation EER threshold, or at the EER threshold of the model "
                    "on each test set's own val split (data like the target's: the threshold travels; default: %(default)s)")
     p.add_argument("--limit", type=positive_int, help="at most this many test images per set")
-    p.add_argument("--batch-size", type=positive_int, default=32)
+    add_batch_size_flag(p)
     p.add_argument("--bootstrap", type=positive_int, default=1000,
                    help="bootstrap resamples for the 95%% intervals of AUC and EER (default: %(default)s)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the bootstrap (default: %(default)s)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out-dir", type=Path, default=OUT_DIR, help="for cross_eval.json (default: %(default)s)")
-    p.add_argument("--figures-dir", type=Path, default=FIGURES_DIR, help="for cross_eval_auc.png (default: %(default)s)")
-    p.add_argument("--no-progress", action="store_true")
+    add_device_flag(p)
+    add_output_flags(p, out="for cross_eval.json", figures="for cross_eval_auc.png")
+    add_progress_flag(p)
     args = p.parse_args(argv)
     device = get_device(args.device)
     sets = test_sets(args.data_roots, args.dataset)

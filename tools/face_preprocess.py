@@ -30,6 +30,17 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from cli import (
+    UserError,
+    add_device_flag,
+    add_progress_flag,
+    cli_main,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    probability,
+    writable_dir,
+)
 from common import CLASS_NAMES, DATASETS, DEFAULT_SEED, IMAGE_EXTENSIONS
 from face_detection import (
     DEFAULT_MARGIN,
@@ -41,17 +52,7 @@ from face_detection import (
     square_box,
 )
 from faces_dataset import CATALOG_COLUMNS, label_from_path, list_files_under, load_rgb
-from utils import (
-    UserError,
-    atomic_write,
-    atomic_write_json,
-    cli_main,
-    non_negative_float,
-    positive_float,
-    positive_int,
-    probability,
-    writable_dir,
-)
+from files import atomic_write, atomic_write_json
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -229,7 +230,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--margin", type=non_negative_float, default=DEFAULT_MARGIN, help="box growth per side, share of its size (default: %(default)s)")
     p.add_argument("--min-prob", type=probability, default=DEFAULT_MIN_PROB, help="minimum MTCNN face probability (default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="frames per MTCNN batch (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
+    add_device_flag(p)
     p.add_argument("--label-from", choices=("folder", "none"), default="folder", help="label source (default: folder)")
     p.add_argument("--layout", choices=("flat", "assignment"), default="flat", help="output layout (default: flat)")
     p.add_argument("--dataset", choices=DATASETS, default=DATASETS[0], help="dataset folder for --layout assignment")
@@ -237,7 +238,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="split fractions by source (default: 0.7 0.15 0.15)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the split assignment (default: %(default)s)")
     p.add_argument("--extractor", choices=("auto", "ffmpeg", "opencv"), default="auto", help="frame reader (default: auto)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress_flag(p)
     args = p.parse_args(argv)
     if args.layout == "assignment" and args.label_from != "folder":
         p.error("--layout assignment needs labels: use --label-from folder")

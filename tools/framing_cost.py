@@ -12,30 +12,39 @@ a framing unlike the training faces' costs. Writes out/framing_<dataset>.json.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from common import DATA_ROOT, DATASETS, OUT_DIR
+from cli import (
+    add_checkpoint_flag,
+    add_data_flags,
+    add_device_flag,
+    add_output_flags,
+    cli_main,
+    crop_margin,
+    positive_int,
+)
+from common import DATASETS
 from detector import load_model_from_checkpoint
 from face_detection import FaceDetector, crop_face, framing_margin
 from faces_dataset import dataset_dir, get_transforms, list_images, load_rgb
+from files import atomic_write_json
 from metrics import safe_auc
 from models import p_fake
-from utils import atomic_write_json, cli_main, crop_margin, get_device, positive_int
+from utils import get_device
 
 
 @cli_main
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-d", "--dataset", choices=DATASETS, required=True)
-    p.add_argument("--data-root", type=Path, default=DATA_ROOT, help="(default: %(default)s)")
-    p.add_argument("-cpp", "--checkpoint", type=Path, help="score the re-cut faces with this model")
+    add_data_flags(p, dataset=False)
+    add_checkpoint_flag(p, required=False, help="score the re-cut faces with this model")
     p.add_argument("--margins", type=crop_margin, nargs="+", default=[-0.15, 0.0, 0.19, 0.3], help="margins to cut at")
     p.add_argument("--limit", type=positive_int, default=200, help="test images per class (default: %(default)s)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out-dir", type=Path, default=OUT_DIR)
+    add_device_flag(p)
+    add_output_flags(p, out="for framing_<dataset>.json")
     args = p.parse_args(argv)
     device = get_device(args.device)
     test = dataset_dir(args.dataset, "test", args.data_root)
@@ -54,8 +63,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{args.dataset}: MTCNN found a face in {len(found)} of {len(files)} test images; the crops' margin around it: "
           f"median {result['framing_margin_median']:+.3f} (IQR {result['framing_margin_iqr'][0]:+.3f} to "
           f"{result['framing_margin_iqr'][1]:+.3f})")
-    if args.checkpoint is not None:
-        detector = load_model_from_checkpoint(args.checkpoint, device)
+    if args.checkpoint_path is not None:
+        detector = load_model_from_checkpoint(args.checkpoint_path, device)
         model = detector.module
         transform = get_transforms(False, detector.image_size, detector.normalization)
         labels = np.array([label for _, _, label in found])

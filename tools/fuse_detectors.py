@@ -25,6 +25,18 @@ import torch
 
 from analysis import get_soft_scores_and_true_labels
 from checkpoints import read_checkpoint, save_checkpoint
+from cli import (
+    UserError,
+    add_batch_size_flag,
+    add_data_flags,
+    add_device_flag,
+    add_progress_flag,
+    cli_main,
+    crop_margin,
+    positive_int,
+    probability,
+    writable_dir,
+)
 from common import DATASETS
 from detector import Detector, file_sha256, load_model_from_checkpoint
 from faces_dataset import dataset_labels, load_dataset
@@ -32,7 +44,7 @@ from fusion import FUSED_SUFFIX, RULES, FusedModule, MemberScale, fit_logistic, 
 from mesonet import is_keras_file
 from metrics import DEFAULT_FAR, real_face_threshold, safe_auc
 from normalization import PIXELS
-from utils import UserError, cli_main, crop_margin, get_device, positive_int, probability, writable_dir
+from utils import get_device
 
 HALF_AUC_TOLERANCE = 0.002
 
@@ -91,7 +103,7 @@ def slim_copy(src: Path, dst: Path, half: bool) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--members", nargs="+", type=Path, required=True, help="checkpoints of train_main.py or MesoNet .h5 files")
-    p.add_argument("--data-root", type=Path, required=True, help="root of the datasets whose val splits fit the fusion")
+    add_data_flags(p, dataset=False, root_help="root of the datasets whose val splits fit the fusion")
     p.add_argument("--rule", choices=("auto", *RULES), default="auto", help="fusion rule (default: %(default)s)")
     p.add_argument("--far", type=probability, default=DEFAULT_FAR,
                    help="false-alarm rate on each dataset's val real faces that sets the threshold (default: %(default)s)")
@@ -102,10 +114,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--copy-members", action="store_true", help="copy the members beside --out (else they are named "
                    "where they are, which must be inside --out's folder)")
     p.add_argument("--half", action="store_true", help="with --copy-members: float16 weights where val AUC moves < 0.002")
-    p.add_argument("--batch-size", type=positive_int, default=32)
+    add_batch_size_flag(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the cross-validation folds (default: %(default)s)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", action="store_true")
+    add_device_flag(p)
+    add_progress_flag(p)
     args = p.parse_args(argv)
     if not str(args.out).endswith(FUSED_SUFFIX):
         p.error(f"--out must end in {FUSED_SUFFIX}")

@@ -22,8 +22,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
+from cli import add_progress_flag, probability
 from common import DATA_ROOT, DATASETS, DEFAULT_SEED, DEMO_MARKER, SPLITS
-from utils import probability
 
 SKIN_TONES = np.array(
     [[255, 224, 196], [241, 194, 160], [224, 172, 130], [198, 134, 96], [160, 102, 68], [118, 74, 48], [88, 56, 38]]
@@ -305,7 +305,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fake-fraction", type=probability, default=0.6, help="share of fakes in every split (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="same seed, same bytes (default: %(default)s)")
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS), help="which datasets to write")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_flag(parser)
     args = parser.parse_args(argv)
     if args.size < 16:
         parser.error("--size must be at least 16 pixels")

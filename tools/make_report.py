@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import DATASETS, FIGURES_DIR, OUT_DIR, run_name
+from cli import UserError, add_output_flags, cli_main, writable_dir
+from common import DATASETS, run_name
 from faces_dataset import is_demo_data
+from files import atomic_write
 from run_store import HISTORY_KEYS, last_record, read_step_times
-from utils import UserError, atomic_write, cli_main, writable_dir
 
 OPTIMIZER = "Adam"  # run_me.sh trains every model with the assignment's optimizer
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -679,8 +680,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pdf", action="store_true", help="also print it to PDF beside the HTML (needs Chromium)")
     p.add_argument("--output", type=Path, help="the HTML file (default: <out-dir>/report.html)")
-    p.add_argument("--out-dir", type=Path, default=OUT_DIR, help="folder of the JSON logs (default: %(default)s)")
-    p.add_argument("--figures-dir", type=Path, default=FIGURES_DIR, help="folder of the figures (default: %(default)s)")
+    add_output_flags(p, out="folder of the JSON logs", figures="folder of the figures")
     return p.parse_args(argv)
 
 

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from common import DATA_ROOT, DATASETS, DEFAULT_SEED, FIGURES_DIR
+from cli import UserError, add_data_flags, cli_main, positive_int
+from common import DATASETS, DEFAULT_SEED, FIGURES_DIR
 from faces_dataset import dataset_dir, evenly_spaced, list_images, load_rgb, real_faces_under
 from landmarks import folder_landmarks
 from self_blend import SelfBlendPairs
-from utils import UserError, cli_main, new_figure, positive_int, save_figure
+from utils import new_figure, save_figure
 
 
 def triplets(paths: list[Path], seed: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -31,7 +32,7 @@ def triplets(paths: list[Path], seed: int) -> list[tuple[np.ndarray, np.ndarray,
 @cli_main
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-root", type=Path, default=DATA_ROOT, help="folder holding the datasets (default: %(default)s)")
+    add_data_flags(p, dataset=False)
     p.add_argument("-d", "--dataset", choices=DATASETS, default=DATASETS[0], help="dataset (default: %(default)s)")
     p.add_argument("--real-faces", type=Path, help="a folder of real faces instead of the train split's real/")
     p.add_argument("-n", type=positive_int, default=6, help="rows (default: %(default)s)")

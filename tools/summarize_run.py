@@ -12,7 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
-from common import FIGURES_DIR, OUT_DIR, run_name
+from cli import add_output_flags
+from common import run_name
 from models import PRETRAINED_MODELS
 from run_store import last_record, read_step_times
 
@@ -85,8 +86,7 @@ def summary_markdown(out_dir: Path, figures_dir: Path, times: Path | None) -> st
 
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out-dir", type=Path, default=OUT_DIR, help="folder of the JSON logs (default: %(default)s)")
-    p.add_argument("--figures-dir", type=Path, default=FIGURES_DIR, help="folder of the analysis JSONs (default: %(default)s)")
+    add_output_flags(p, out="folder of the JSON logs", figures="folder of the analysis JSONs")
     p.add_argument("--times", type=Path, help="tab-separated 'step<TAB>seconds' lines written by run_me.sh")
     args = p.parse_args(argv)
     text = summary_markdown(args.out_dir, args.figures_dir, args.times)
