@@ -207,6 +207,32 @@ def is_better(select_by: str, value: float | None, best: float | None) -> bool:
     return value < best if select_by == "loss" else value > best
 
 
+def verdict_shares(labels: np.ndarray, scores: np.ndarray, threshold: Threshold) -> dict:
+    """At the threshold: the share of real faces called fake (false alarms), and with its band the share of faces
+    called 'uncertain' and the accuracy on the others (None where a share has no face to count)."""
+    verdicts = np.array([threshold.verdict(float(s)) for s in scores])
+    reals = labels == 0
+    decided = verdicts != "uncertain"
+    return {"false_alarms": float(np.mean(scores[reals] >= threshold.value)) if reals.any() else None,
+            "uncertain": float(np.mean(~decided)) if threshold.band is not None and labels.size else None,
+            "accuracy_decided": float(np.mean((verdicts[decided] == "fake") == (labels[decided] == 1)))
+            if threshold.band is not None and decided.any() else None}
+
+
+def detection_summary(labels: np.ndarray, scores: np.ndarray, threshold: Threshold, n_resamples: int, seed: int) -> dict:
+    """AUC, EER, AP (with bootstrap intervals), accuracy and verdict shares of scores at a threshold; AUC, EER, AP and
+    their intervals are None (with a note) when the set holds one class."""
+    shares = verdict_shares(labels, scores, threshold)
+    if len(np.unique(labels)) < 2:
+        only = "real" if labels.size and labels[0] == 0 else "fake"
+        accuracy = float(np.mean((scores >= threshold.value).astype(int) == labels)) if labels.size else None
+        return {"n": int(labels.size), "auc": None, "eer": None, "ap": None, "accuracy": accuracy, **shares,
+                "ci95": None, "note": f"only {only} images: AUC and EER are undefined"}
+    m = compute_metrics(labels, scores, threshold.value)
+    return {"n": m["n_samples"], "auc": m["auc"], "eer": m["eer"], "ap": m["average_precision"],
+            "accuracy": m["accuracy"], **shares, "ci95": bootstrap_intervals(labels, scores, n_resamples, seed)}
+
+
 def _logit(p: np.ndarray) -> np.ndarray:
     p = np.clip(np.asarray(p, dtype=float), 1e-7, 1 - 1e-7)
     return np.log(p) - np.log1p(-p)

@@ -191,3 +191,39 @@ def test_fuse_detectors_fits_on_val_only_and_detect_shows_each_member(demo_root,
     face = next(r for r in rows if r["row"] == "face")
     assert {"p_fake[fakes_dataset_Bonus_Adam.pt]", "p_fake[synthetic_dataset_Bonus_Adam.pt]"} <= set(face)
     assert 0 <= float(face["p_fake[synthetic_dataset_Bonus_Adam.pt]"]) <= 1
+
+
+def test_cross_evals_verdict_shares_on_a_hand_computed_case():
+    from metrics import verdict_shares
+
+    labels = np.array([0, 0, 0, 1, 1])
+    scores = np.array([0.1, 0.5, 0.7, 0.6, 0.9])
+    shares = verdict_shares(labels, scores, Threshold(0.55, "t", (0.45, 0.65)))
+    # reals at or above 0.55: 0.7 of three; in [0.45, 0.65): 0.5 and 0.6; decided 0.1 (right), 0.7 (wrong), 0.9 (right)
+    assert shares == {"false_alarms": pytest.approx(1 / 3), "uncertain": pytest.approx(2 / 5),
+                      "accuracy_decided": pytest.approx(2 / 3)}
+    assert verdict_shares(labels, scores, Threshold(0.55, "no band"))["uncertain"] is None
+
+
+def test_cross_eval_real_far_threshold_is_chosen_on_both_datasets_val_reals(demo_root, tmp_path):
+    import cross_eval
+    import train_main
+    from analysis import get_soft_scores_and_true_labels
+    from faces_dataset import load_dataset
+
+    train_main.main(["-d", "fakes_dataset", "-m", "Bonus", "-e", "1", "-b", "8", "--image-size", "64", "--data-root",
+                     str(demo_root), "--out-dir", str(tmp_path), "--checkpoint-dir", str(tmp_path), "--no-progress",
+                     "--num-workers", "0"])
+    ckpt = tmp_path / "fakes_dataset_Bonus_Adam.pt"
+    rows = cross_eval.main(["--checkpoints", str(ckpt), "--data-roots", str(demo_root), "--out-dir", str(tmp_path),
+                            "--figures-dir", str(tmp_path), "--no-progress", "--bootstrap", "10", "--threshold", "real-far"])
+    detector = load_model_from_checkpoint(ckpt)
+    reals = []
+    for dataset in ("fakes_dataset", "synthetic_dataset"):
+        val = load_dataset(dataset, "val", demo_root, 64, norm=detector.normalization)
+        _, scores, labels = get_soft_scores_and_true_labels(val, detector.module, progress=False)
+        reals.append(scores[labels == 0])
+    expected = real_face_threshold(reals, 0.05)
+    assert [r["threshold"] for r in rows] == pytest.approx([expected.value] * 2, abs=1e-6)
+    assert rows[0]["uncertain_band"] == pytest.approx(list(expected.band), abs=1e-6)
+    assert all(r["false_alarms"] is not None and 0 <= r["false_alarms"] <= 1 for r in rows)

@@ -5,8 +5,10 @@
     python tools/cross_eval.py --checkpoints A.pt B.pt --data-roots R1 R2 -d fakes_dataset
 
 A detector's score on its own test split says little; the field judges it on other data (DeepfakeBench: Xception
-trained on FF++ has AUC 0.964 in-domain and 0.737 on Celeb-DF-v2). Each cell holds AUC, EER, AP and the accuracy at the
-checkpoint's own validation threshold, computed exactly as numerical_analysis.py does. Without -d every dataset found
+trained on FF++ has AUC 0.964 in-domain and 0.737 on Celeb-DF-v2). Each cell holds AUC, EER, AP, the accuracy at a
+threshold (--threshold: the checkpoint's own; real-far, the one that at most --far of the val real faces of every
+dataset scored reach; or target-val), the share of real faces called fake there and, where the threshold has an
+uncertain band, the share called uncertain; computed exactly as numerical_analysis.py does. Without -d every dataset found
 under each root is used. Writes out/cross_eval.json, prints a markdown table, and draws figures/cross_eval_auc.png
 (checkpoints x test sets, AUC in each cell).
 """
@@ -26,13 +28,14 @@ from cli import (
     add_progress_flag,
     cli_main,
     positive_int,
+    probability,
     writable_dir,
 )
 from common import DATASETS, DEFAULT_SEED
 from detector import Detector, load_model_from_checkpoint
 from faces_dataset import load_dataset
 from files import atomic_write_json
-from metrics import bootstrap_intervals, compute_metrics
+from metrics import DEFAULT_FAR, Threshold, real_face_threshold, detection_summary
 from utils import get_device, new_figure, save_figure
 
 
@@ -60,34 +63,36 @@ def row_labels(checkpoints: list[Path]) -> list[str]:
     return names
 
 
-def score_cell(labels: np.ndarray, scores: np.ndarray, threshold: float, n_resamples: int, seed: int) -> dict:
-    """The cell's numbers; AUC, EER, AP and their intervals are None (with a note) when the test set holds one class."""
-    if len(np.unique(labels)) < 2:
-        only = "real" if labels.size and labels[0] == 0 else "fake"
-        accuracy = float(np.mean((scores >= threshold).astype(int) == labels)) if labels.size else None
-        return {"n": int(labels.size), "auc": None, "eer": None, "ap": None, "accuracy": accuracy,
-                "ci95": None, "note": f"only {only} images: AUC and EER are undefined"}
-    m = compute_metrics(labels, scores, threshold)
-    return {"n": m["n_samples"], "auc": m["auc"], "eer": m["eer"], "ap": m["average_precision"],
-            "accuracy": m["accuracy"], "ci95": bootstrap_intervals(labels, scores, n_resamples, seed)}
+def real_far_threshold(detector: Detector, sets: list[tuple[Path, str]], args: argparse.Namespace, device) -> Threshold:
+    """The threshold at --far on the val real faces of every dataset scored (each held to the rate), with its band:
+    chosen where a threshold transfers, on real faces of more than one source, never on a test split."""
+    reals = []
+    for root, dataset in sets:
+        val = load_dataset(dataset, "val", root, detector.image_size, args.limit, detector.normalization)
+        _, scores, labels = get_soft_scores_and_true_labels(val, detector.module, args.batch_size, device,
+                                                            not args.no_progress)
+        reals.append(scores[labels == 0])
+    return real_face_threshold(reals, args.far, "val real faces of " + " and ".join(f"{r.name}/{d}" for r, d in sets))
 
 
-def target_threshold(detector: Detector, root: Path, dataset: str, args: argparse.Namespace, device) -> tuple[float, str]:
+def target_threshold(detector: Detector, root: Path, dataset: str, args: argparse.Namespace, device) -> Threshold:
     """The detector's EER threshold on the val split of the test set's own root and dataset."""
     val = load_dataset(dataset, "val", root, detector.image_size, args.limit, detector.normalization)
     threshold = eer_threshold_on(val, detector.module, device, f"--threshold target-val: {root}/{dataset}/val", args.batch_size,
                                  not args.no_progress)
-    return threshold, f"EER on {root.name}/{dataset}/val"
+    return Threshold(threshold, f"EER on {root.name}/{dataset}/val")
 
 
 def table_line(r: dict) -> str:
     """One markdown row of the printed table."""
+    shares = " | ".join("n/a" if r.get(k) is None else f"{100 * r[k]:.1f} %" for k in ("false_alarms", "uncertain"))
     if r["auc"] is None:
         return (f"| {r['checkpoint']} | {r['test_set']} | {r['n']} | n/a | n/a | n/a | "
-                f"{100 * r['accuracy']:.1f} % at {r['threshold']:.3f} ({r['note']}) |")
+                f"{100 * r['accuracy']:.1f} % at {r['threshold']:.3f} ({r['note']}) | {shares} |")
     (auc_lo, auc_hi), (eer_lo, eer_hi) = r["ci95"]["auc"], r["ci95"]["eer"]
     return (f"| {r['checkpoint']} | {r['test_set']} | {r['n']} | {r['auc']:.4f} [{auc_lo:.3f}-{auc_hi:.3f}] | "
-            f"{r['eer']:.4f} [{eer_lo:.3f}-{eer_hi:.3f}] | {r['ap']:.4f} | {100 * r['accuracy']:.1f} % at {r['threshold']:.3f} |")
+            f"{r['eer']:.4f} [{eer_lo:.3f}-{eer_hi:.3f}] | {r['ap']:.4f} | {100 * r['accuracy']:.1f} % at {r['threshold']:.3f} "
+            f"| {shares} |")
 
 
 def auc_grid(rows: list[dict], checkpoints: list[str], sets: list[str]) -> np.ndarray:
@@ -121,9 +126,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    help="checkpoints written by train_main.py, or MesoNet's Keras .h5 weights (a published detector)")
     p.add_argument("--data-roots", nargs="+", type=Path, required=True, help="roots in the assignment layout")
     p.add_argument("-d", "--dataset", choices=DATASETS, help="only this dataset of each root (default: every one)")
-    p.add_argument("--threshold", choices=("checkpoint", "target-val"), default="checkpoint",
-                   help="accuracy at the checkpoint's own validation EER threshold, or at the EER threshold of the model "
-                   "on each test set's own val split (data like the target's: the threshold travels; default: %(default)s)")
+    p.add_argument("--threshold", choices=("checkpoint", "real-far", "target-val"), default="checkpoint",
+                   help="accuracy at the threshold saved with the checkpoint; at the one that at most --far of the val "
+                   "real faces of every dataset scored reach (chosen on real faces of several sources); or at the EER "
+                   "threshold on each test set's own val split (data like the target's; default: %(default)s)")
+    p.add_argument("--far", type=probability, default=DEFAULT_FAR,
+                   help="with --threshold real-far: the false-alarm rate on each source's real faces (default: %(default)s)")
     p.add_argument("--limit", type=positive_int, help="at most this many test images per set")
     add_batch_size_flag(p)
     p.add_argument("--bootstrap", type=positive_int, default=1000,
@@ -142,21 +150,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for path, name in zip(args.checkpoints, names):
         detector = load_model_from_checkpoint(path, device)
+        shared = real_far_threshold(detector, sets, args, device) if args.threshold == "real-far" else detector.threshold
         for root, dataset in sets:
-            threshold, source = detector.threshold.value, detector.threshold.source
-            if args.threshold == "target-val":
-                threshold, source = target_threshold(detector, root, dataset, args, device)
+            threshold = target_threshold(detector, root, dataset, args, device) if args.threshold == "target-val" else shared
             test = load_dataset(dataset, "test", root, detector.image_size, args.limit, detector.normalization)
             _, scores, labels = get_soft_scores_and_true_labels(test, detector.module, args.batch_size, device,
                                                                 not args.no_progress)
             test_set = f"{root.name}/{dataset}" if several_roots else dataset
-            rows.append({"checkpoint": name, "model": detector.name, "test_set": test_set, "threshold": threshold,
-                         "threshold_source": source, **score_cell(labels, scores, threshold, args.bootstrap, args.seed)})
+            rows.append({"checkpoint": name, "model": detector.name, "test_set": test_set, "threshold": threshold.value,
+                         "threshold_source": threshold.source, "uncertain_band": threshold.band,
+                         **detection_summary(labels, scores, threshold, args.bootstrap, args.seed)})
             atomic_write_json(args.out_dir / "cross_eval.json", rows)  # every cell kept as soon as it is scored
-    said = {"checkpoint": "each checkpoint's own validation EER", "target-val": "the EER on each test set's own val split"}
+    said = {"checkpoint": "the one saved with each checkpoint", "target-val": "the EER on each test set's own val split",
+            "real-far": f"at most {100 * args.far:g} % of each dataset's val real faces called fake"}
     print(f"accuracy thresholds: {said[args.threshold]}")
-    print("| checkpoint | test set | n | AUC [95 % CI] | EER [95 % CI] | AP | accuracy at its threshold |")
-    print("|---|---|---|---|---|---|---|")
+    print("| checkpoint | test set | n | AUC [95 % CI] | EER [95 % CI] | AP | accuracy at its threshold | reals called "
+          "fake | uncertain |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(table_line(r))
     sets_seen = list(dict.fromkeys(r["test_set"] for r in rows))

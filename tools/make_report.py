@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from cli import UserError, add_output_flags, cli_main, writable_dir
-from common import DATASETS, run_name
+from common import DATASETS, SHIPPED_DETECTOR, run_name
 from faces_dataset import is_demo_data
 from files import atomic_write
 from run_store import HISTORY_KEYS, last_record, read_step_times
@@ -570,6 +570,34 @@ def detect_chapter(run: Run) -> str:
     return "\n".join(parts)
 
 
+def shipped_chapter(run: Run) -> str:
+    """The card of the detector the repository ships (weights/card.json, tools/detector_card.py): what detect.py uses
+    when no checkpoint is given."""
+    parts = ["<h2 id='shipped'>12. The shipped detector (detect.py without -cpp)</h2>"]
+    path = SHIPPED_DETECTOR.parent / "card.json"
+    card = read_json(path)
+    if not isinstance(card, dict) or not isinstance(card.get("test"), dict):
+        parts.append(missing(run, "the shipped detector's card", "bash tools/build_detector.sh", path))
+        return "\n".join(parts)
+    t = card["threshold"]
+    parts.append(f"<p>{html.escape(card['file'])}: {html.escape('; '.join(card['what']))}. A face is called fake at "
+                 f"P(fake) &ge; {num(run, path, card, 'threshold/value', '.4f')} ({html.escape(t['source'])})"
+                 + (f", uncertain from {num(run, path, card, 'threshold/band/0', '.4f')} to "
+                    f"{num(run, path, card, 'threshold/band/1', '.4f')}" if t.get("band") else "") + ".</p>")
+    rows = []
+    for name, r in card["test"].items():
+        key = f"test/{name}"
+        rows.append([html.escape(name), num(run, path, card, f"{key}/n", "d"), num(run, path, card, f"{key}/auc", ".4f"),
+                     num(run, path, card, f"{key}/accuracy", ".1%") + " %",
+                     num(run, path, card, f"{key}/false_alarms", ".1%") + " %",
+                     (num(run, path, card, f"{key}/uncertain", ".1%") + " %") if r.get("uncertain") is not None else "n/a"])
+    parts.append(table(["test set", "images", "AUC", "accuracy at its threshold", "real faces called fake", "uncertain"],
+                       rows))
+    parts.append(f"<p class='note'>The whole card, with intervals, recipe, latency and checksums: "
+                 f"<code>{html.escape(run.ref(path.with_name('README.md')))}</code>.</p>")
+    return "\n".join(parts)
+
+
 def times_chapter(run: Run) -> str:
     path = run.out_dir / "run_me_times.tsv"
     if not path.is_file():
@@ -596,11 +624,12 @@ def header(run: Run) -> str:
 
 CHAPTERS = (datasets_chapter, assignment_training_chapter, xception_chapter, explanation_chapter, bonus_chapter,
             lite_chapter, cross_dataset_chapter, generalization_chapter, distortions_chapter, robustness_chapter,
-            detect_chapter, times_chapter)
+            detect_chapter, shipped_chapter, times_chapter)
 CONTENTS = (("datasets", "Datasets"), ("simplenet", "SimpleNet"), ("xception", "Xception"),
             ("saliency", "Saliency and Grad-CAM"), ("bonus", "Bonus model"), ("lite", "EfficientNet-Lite0"),
             ("cross", "Cross-dataset"), ("generalization", "Generalization"), ("distortions", "Distortions"),
-            ("adversarial", "Adversarial robustness"), ("detect", "detect.py"), ("times", "Wall time"))
+            ("adversarial", "Adversarial robustness"), ("detect", "detect.py"), ("shipped", "The shipped detector"),
+            ("times", "Wall time"))
 
 
 def build_report(out_dir: Path, figures_dir: Path, report_dir: Path) -> tuple[str, list[str]]:
