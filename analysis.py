@@ -84,13 +84,14 @@ class AnalysisInputs:
 
 
 def output_prefix(dataset_name: str, detector: Detector) -> str:
-    """See AnalysisInputs.prefix."""
-    canonical = run_name(dataset_name, detector.name)
+    """See AnalysisInputs.prefix; a variant's own checkpoint (<dataset>_<model>_<opt>_<tag>.pt, the tag its record
+    names, e.g. advpgd) gives <dataset>_<model>_<tag>."""
+    tag = (detector.record or {}).get("tag") or "" if isinstance(detector.record, dict) else ""
     stem = detector.path.stem if detector.path is not None else ""
-    own = {run_name(dataset_name, detector.name, optimizer) for optimizer in OPTIMIZERS}
+    own = {run_name(dataset_name, detector.name, optimizer, tag) for optimizer in OPTIMIZERS}
     if stem in own or (detector.name == "Bonus" and stem == BONUS_CHECKPOINT.stem):
-        return canonical
-    return f"{canonical}__{stem}"
+        return run_name(dataset_name, detector.name, tag=tag)
+    return f"{run_name(dataset_name, detector.name)}__{stem}"
 
 
 def provenance(detector: Detector) -> dict[str, str]:

@@ -231,7 +231,8 @@ def main(argv: list[str] | None = None) -> dict:
     inputs = analysis_inputs_from_flags(args)
     model, test_dataset, device = inputs.model, inputs.dataset, inputs.device
     norm, model_name, dataset_name = inputs.detector.normalization, inputs.detector.name, inputs.dataset_name
-    name = "_".join(part for part in (inputs.prefix, args.tag) if part)
+    # a variant's own checkpoint already names its tag (analysis.output_prefix); --tag labels the legends either way
+    name = inputs.prefix if not args.tag or inputs.prefix.endswith(f"_{args.tag}") else f"{inputs.prefix}_{args.tag}"
     result: dict = {"model": model_name, "dataset": dataset_name, "checkpoint": str(args.checkpoint_path), "tag": args.tag,
                     "checkpoint_sha256": inputs.detector.sha256,
                     "n_test": len(test_dataset), "pgd_steps": args.steps, "attacks": {}}

@@ -7,6 +7,7 @@ import math
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -391,3 +392,21 @@ def test_an_overlay_without_a_drawable_curve_adds_no_legend_entry(tmp_path, monk
     robustness_analysis.plot_curves(result, [blank], "t", tmp_path / "x.png")
     labels = [t.get_text() for ax in figures[0].axes for t in (ax.get_legend().get_texts() if ax.get_legend() else [])]
     assert labels == ["PGD (plain)", "PGD (plain)"] and "the overlay adv.pt holds no attack curve" in capsys.readouterr().out
+
+
+def test_output_names_keep_a_variants_tag_and_set_other_checkpoints_apart(tmp_path):
+    from analysis import output_prefix
+    from detector import Detector
+    from face_detection import Framing
+    from metrics import Threshold
+    from normalization import ASSIGNMENT_NORM
+
+    def made(path, record):
+        return Detector(None, "SimpleNet", 64, ASSIGNMENT_NORM, Framing(None, ""), Threshold(0.5, ""), Path(path), None, record)
+
+    assert output_prefix("fakes_dataset", made("c/fakes_dataset_SimpleNet_Adam.pt", {"tag": ""})) == "fakes_dataset_SimpleNet"
+    assert output_prefix("fakes_dataset", made("c/fakes_dataset_SimpleNet_SGD_advpgd.pt", {"tag": "advpgd"})) == \
+        "fakes_dataset_SimpleNet_advpgd"
+    assert output_prefix("synthetic_dataset", made("c/fakes_dataset_SimpleNet_Adam.pt", {"tag": ""})) == \
+        "synthetic_dataset_SimpleNet__fakes_dataset_SimpleNet_Adam"  # another dataset's run
+    assert output_prefix("fakes_dataset", made("c/copy.pt", None)) == "fakes_dataset_SimpleNet__copy"

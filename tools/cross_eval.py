@@ -35,7 +35,7 @@ from common import DATASETS, DEFAULT_SEED
 from detector import Detector, load_model_from_checkpoint
 from faces_dataset import load_dataset
 from files import atomic_write_json
-from metrics import DEFAULT_FAR, Threshold, real_face_threshold, detection_summary
+from metrics import DEFAULT_FAR, Threshold, detection_summary, real_face_threshold
 from utils import get_device, new_figure, save_figure
 
 

@@ -67,6 +67,34 @@ def score_test(detector: Detector, root: Path, dataset: str, limit: int | None, 
     return np.array(dataset_labels(split)), np.concatenate(scores), np.concatenate(members)
 
 
+REFERENCE_CROPS = {  # scikit-image's photos at fixed boxes (left, top, right, bottom): a test re-scores them
+    "astronaut_face": ("astronaut", (150, 40, 310, 220)),
+    "astronaut_wide": ("astronaut", (100, 0, 380, 280)),
+    "camera_face": ("camera", (200, 40, 330, 190)),
+    "coffee_cup": ("coffee", (100, 50, 400, 350)),
+}
+SUBSET = 64  # test images per dataset whose AUC the card stores for a quick re-check (tests/test_shipped_detector.py)
+
+
+def reference_crops() -> dict[str, object]:
+    """The reference crops as RGB PIL images."""
+    from PIL import Image
+    from skimage import data
+
+    crops = {}
+    for name, (photo, box) in REFERENCE_CROPS.items():
+        image = Image.fromarray(getattr(data, photo)())
+        crops[name] = image.convert("RGB").crop(box)
+    return crops
+
+
+def reference_scores(detector: Detector) -> dict[str, float]:
+    """P(fake) of each reference crop in float32 (what the shipped weights must keep giving)."""
+    crops = reference_crops()
+    scores, _ = Scorer(detector, torch.device("cpu"), 8, bf16=False)(list(crops.values()))
+    return {name: float(p) for name, p in zip(crops, scores)}
+
+
 def files_of(detector: Detector) -> list[dict]:
     """Every file the detector needs, with its size and SHA-256."""
     paths = [detector.path]
@@ -140,6 +168,10 @@ def main(argv: list[str] | None = None) -> dict:
         r = test[dataset]
         print(f"{dataset}: AUC {r['auc']:.4f} [{r['ci95']['auc'][0]:.3f}-{r['ci95']['auc'][1]:.3f}], accuracy "
               f"{100 * r['accuracy']:.1f} %, reals called fake {100 * r['false_alarms']:.1f} %")
+    subset = {}
+    for dataset in test:
+        labels, scores, _ = score_test(detector, args.data_root, dataset, SUBSET, args.batch_size, False, False)
+        subset[dataset] = safe_auc(labels, scores)
     fused = detector.record.get("fused") if detector.is_fused else None
     card = {
         "file": detector.path.name, "summary": args.summary, "files": files_of(detector),
@@ -153,6 +185,8 @@ def main(argv: list[str] | None = None) -> dict:
         "threshold": detector.threshold.to_entry(),
         "test": test,
         "members_alone": members_alone,
+        "float32_auc_on_64_test_images": subset,
+        "reference_scores": reference_scores(detector),
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "latency_ms_per_face": {kind: {str(b): latency(detector, b, kind == "bf16") for b in (1, 32)}
