@@ -227,3 +227,57 @@ def test_cross_eval_real_far_threshold_is_chosen_on_both_datasets_val_reals(demo
     assert [r["threshold"] for r in rows] == pytest.approx([expected.value] * 2, abs=1e-6)
     assert rows[0]["uncertain_band"] == pytest.approx(list(expected.band), abs=1e-6)
     assert all(r["false_alarms"] is not None and 0 <= r["false_alarms"] <= 1 for r in rows)
+
+
+def _layout(root, counts):
+    """<root>/<dataset>/<split>/<class>/ with counts[dataset] = (reals, fakes) tiny JPEGs per split, and a macOS junk file."""
+    from PIL import Image
+
+    for name, (reals, fakes) in counts.items():
+        for split in ("train", "val", "test"):
+            for folder, n in (("real", reals), ("fake", fakes)):
+                d = root / name / split / folder
+                d.mkdir(parents=True)
+                for k in range(n):
+                    Image.new("RGB", (8, 8), (k, 0, 0)).save(d / f"{k}.jpg")
+                (d / "._0.jpg").write_bytes(b"\0\5\26\7")  # AppleDouble junk: never a row
+
+
+def test_joined_datasets_keep_their_splits_and_repeat_only_train(tmp_path):
+    from join_datasets import main as join
+
+    from faces_dataset import CatalogDataset
+
+    root = tmp_path / "data"
+    _layout(root, {"fakes_dataset": (2, 3), "synthetic_dataset": (1, 1)})
+    out = tmp_path / "joint" / "catalog.csv"
+    join(["--data-root", str(root), "--repeat", "synthetic_dataset=3", "--out", str(out)])
+    train, val = CatalogDataset(out, split="train"), CatalogDataset(out, split="val")
+    assert len(train) == 5 + 3 * 2 and train.labels.count(1) == 3 + 3 * 1  # synthetic's train rows three times
+    assert len(val) == 5 + 2 and val.labels.count(1) == 3 + 1  # val never repeated
+    assert len(set(map(str, val.paths))) == len(val) and all(p.is_absolute() for p in val.paths)
+    assert "synthetic_dataset/val/fake/0.jpg" in val.sources
+    assert not any(p.name.startswith(".") for p in train.paths)
+    assert set(train.paths).isdisjoint(val.paths)  # nothing moves between splits
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--repeat", "synthetic_dataset=0"], "positive"),
+    (["--datasets", "fakes_dataset", "--repeat", "synthetic_dataset=2"], "does not join"),
+    (["--out", "EXISTS"], "never written over"),
+    (["--datasets", "synthetic_dataset"], "holds no image"),
+])
+def test_joining_datasets_refuses_in_one_sentence(tmp_path, capsys, argv, words):
+    from join_datasets import main as join
+
+    root = tmp_path / "data"
+    _layout(root, {"fakes_dataset": (1, 1), "synthetic_dataset": (1, 0)})
+    existing = tmp_path / "catalog.csv"
+    existing.write_text("mine\n")
+    argv = [existing.as_posix() if a == "EXISTS" else a for a in argv]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "new" / "catalog.csv")]
+    with pytest.raises(SystemExit) as stop:
+        join(["--data-root", str(root), *argv])
+    assert stop.value.code == 2 and words in capsys.readouterr().err
+    assert existing.read_text() == "mine\n" and not (tmp_path / "new").exists()

