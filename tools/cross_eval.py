@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                                                 not args.no_progress)
             test_set = f"{root.name}/{dataset}" if several_roots else dataset
             rows.append({"checkpoint": name, "model": detector.name, "test_set": test_set, "threshold": threshold.value,
-                         "threshold_source": threshold.source, "uncertain_band": threshold.band,
+                         "threshold_source": threshold.source, "uncertain_band": None if threshold.band is None else list(threshold.band),
                          **detection_summary(labels, scores, threshold, args.bootstrap, args.seed)})
             atomic_write_json(args.out_dir / "cross_eval.json", rows)  # every cell kept as soon as it is scored
     said = {"checkpoint": "the one saved with each checkpoint", "target-val": "the EER on each test set's own val split",
