@@ -281,3 +281,30 @@ def test_joining_datasets_refuses_in_one_sentence(tmp_path, capsys, argv, words)
         join(["--data-root", str(root), *argv])
     assert stop.value.code == 2 and words in capsys.readouterr().err
     assert existing.read_text() == "mine\n" and not (tmp_path / "new").exists()
+
+
+def test_framing_cost_reads_the_split_it_is_asked_for_and_names_its_output_after_it(tmp_path, monkeypatch):
+    """A margin is chosen on val (framing_cost --split val), never on test: the val run reads val's faces only."""
+    import framing_cost
+    from PIL import Image
+
+    from face_detection import Face
+
+    class Box:  # MTCNN stand-in: one face, a 4 x 4 box in the middle of every 8 x 8 image
+        def __init__(self, device):
+            pass
+
+        def detect(self, images):
+            return [[Face(np.array([2.0, 2.0, 6.0, 6.0]), 1.0)] for _ in images]
+
+    monkeypatch.setattr(framing_cost, "FaceDetector", Box)
+    root = tmp_path / "data"
+    _layout(root, {"fakes_dataset": (2, 3)})
+    Image.new("RGB", (8, 8)).save(root / "fakes_dataset" / "test" / "real" / "extra.jpg")  # test holds one face more
+    common = ["-d", "fakes_dataset", "--data-root", str(root), "--out-dir", str(tmp_path / "out")]
+    val = framing_cost.main([*common, "--split", "val"])
+    test = framing_cost.main(common)
+    assert (val["split"], val["images"], test["split"], test["images"]) == ("val", 5, "test", 6)
+    assert val["framing_margin_median"] == pytest.approx((8 / 4 - 1) / 2)
+    assert json.loads((tmp_path / "out" / "framing_fakes_dataset_val.json").read_text())["images"] == 5
+    assert json.loads((tmp_path / "out" / "framing_fakes_dataset.json").read_text())["images"] == 6

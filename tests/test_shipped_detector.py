@@ -25,7 +25,7 @@ def test_every_shipped_file_is_the_one_its_card_names_and_fits_the_budget():
     assert sum((folder / e["file"]).stat().st_size for e in CARD["files"]) <= 25e6
     detector = load_model_from_checkpoint(SHIPPED_DETECTOR)  # the fused file checks its members' checksums too
     assert detector.threshold.to_entry() == CARD["threshold"] and detector.threshold.band is not None
-    assert detector.framing.margin is not None
+    assert detector.framing.margin is not None and f"margin {detector.framing.margin:g} " in " ".join(CARD["what"])
 
 
 def test_the_shipped_weights_reproduce_the_scores_their_card_stored():

@@ -32,7 +32,8 @@ MEMBERS=("$WORK/checkpoints/fakes_dataset_EfficientNetLite0_Adam.pt" "$WORK/chec
   --datasets fakes_dataset synthetic_dataset --repeat synthetic_dataset=3 --out "$WORK/joint/catalog.csv"
 "$PY" train_main.py -d fakes_dataset --data-root "$DATA_ROOT" "${COMMON[@]}"
 "$PY" train_main.py --catalog "$WORK/joint/catalog.csv" "${COMMON[@]}"
-"$PY" tools/fuse_detectors.py --members "${MEMBERS[@]}" --data-root "$DATA_ROOT" --rule auto --far 0.05 \
+# --margin 0.19: the framing chosen on val with tools/framing_cost.py --split val (README, "The shipped detector")
+"$PY" tools/fuse_detectors.py --members "${MEMBERS[@]}" --data-root "$DATA_ROOT" --rule auto --far 0.05 --margin 0.19 \
   --out "$OUT/$NAME.fused.json" --copy-members --half
 "$PY" tools/detector_card.py "$OUT/$NAME.fused.json" --data-root "$DATA_ROOT" \
   --summary "The suite's ready-to-run detector: two EfficientNet-Lite0 networks, a face-swap specialist trained on DFDC and a joint model trained on DFDC face swaps and StyleGAN faces at once, fused into one P(fake) by a logistic rule fitted on validation faces, with a threshold chosen on real faces." \
@@ -40,6 +41,6 @@ MEMBERS=("$WORK/checkpoints/fakes_dataset_EfficientNetLite0_Adam.pt" "$WORK/chec
   "python tools/join_datasets.py --data-root $DATA_ROOT --datasets fakes_dataset synthetic_dataset --repeat synthetic_dataset=3 --out $WORK/joint/catalog.csv" \
   "python train_main.py -d fakes_dataset --data-root $DATA_ROOT ${COMMON[*]}" \
   "python train_main.py --catalog $WORK/joint/catalog.csv ${COMMON[*]}" \
-  "python tools/fuse_detectors.py --members ${MEMBERS[*]} --data-root $DATA_ROOT --rule auto --far 0.05 --out $OUT/$NAME.fused.json --copy-members --half" \
+  "python tools/fuse_detectors.py --members ${MEMBERS[*]} --data-root $DATA_ROOT --rule auto --far 0.05 --margin 0.19 --out $OUT/$NAME.fused.json --copy-members --half" \
   "python tools/detector_card.py $OUT/$NAME.fused.json --data-root $DATA_ROOT"
 echo "built $OUT/$NAME.fused.json; its card: $OUT/README.md"

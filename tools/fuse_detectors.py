@@ -108,7 +108,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--far", type=probability, default=DEFAULT_FAR,
                    help="false-alarm rate on each dataset's val real faces that sets the threshold (default: %(default)s)")
     p.add_argument("--margin", type=crop_margin, help="how the fused detector frames faces for detect.py (default: the mean of "
-                   "the members' recorded framings)")
+                   "the members' recorded framings; members trained on unlike framings want one chosen on val: "
+                   "tools/framing_cost.py --split val -cpp FUSED --margins ...)")
     p.add_argument("--limit", type=positive_int, help="at most this many val images per dataset")
     p.add_argument("--out", type=Path, required=True, help=f"the fused detector to write (ends in {FUSED_SUFFIX})")
     p.add_argument("--copy-members", action="store_true", help="copy the members beside --out (else they are named "
