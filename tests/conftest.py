@@ -52,3 +52,14 @@ def separable_toy_set(n: int = 64, size: int = 16, seed: int = 0) -> torch.utils
     y = torch.arange(n) % 2
     x[y == 1, :, 4:12, 4:12] += 1.0
     return torch.utils.data.TensorDataset(x, y)
+
+
+def make_split(root: Path, n_real: int = 2, n_fake: int = 3, size: int = 8) -> Path:
+    """A split folder with n_real and n_fake tiny PNGs (real_0.png, fake_0.png, ...) in real/ and fake/."""
+    from PIL import Image
+
+    for cls, n in (("real", n_real), ("fake", n_fake)):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.new("RGB", (size, size), (i * 40, 0, 0)).save(root / cls / f"{cls}_{i}.png")
+    return root

@@ -8,15 +8,8 @@ import torch
 from PIL import Image
 
 from cli import UserError
+from conftest import make_split
 from faces_dataset import CatalogDataset, DatasetError, FacesDataset, get_transforms, load_dataset
-
-
-def make_split(root, n_real=2, n_fake=3, size=8):
-    for cls, n in (("real", n_real), ("fake", n_fake)):
-        (root / cls).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            Image.new("RGB", (size, size), (i * 40, 0, 0)).save(root / cls / f"{cls}_{i}.png")
-    return root
 
 
 def test_length_labels_and_order(tmp_path):

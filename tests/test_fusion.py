@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from checkpoints import save_checkpoint
 from cli import UserError
+from conftest import make_split
 from detector import file_sha256, load_model_from_checkpoint
 from fusion import FUSED_SUFFIX, MemberScale, fit_logistic, fused_logits, write_fused_spec
 from metrics import Threshold, per_source_far_threshold, real_face_threshold, real_far_threshold
@@ -230,17 +231,11 @@ def test_cross_eval_real_far_threshold_is_chosen_on_both_datasets_val_reals(demo
 
 
 def _layout(root, counts):
-    """<root>/<dataset>/<split>/<class>/ with counts[dataset] = (reals, fakes) tiny JPEGs per split, and a macOS junk file."""
-    from PIL import Image
-
+    """<root>/<dataset>/{train,val,test}/ with counts[dataset] = (reals, fakes) tiny images each, and a macOS junk file."""
     for name, (reals, fakes) in counts.items():
         for split in ("train", "val", "test"):
-            for folder, n in (("real", reals), ("fake", fakes)):
-                d = root / name / split / folder
-                d.mkdir(parents=True)
-                for k in range(n):
-                    Image.new("RGB", (8, 8), (k, 0, 0)).save(d / f"{k}.jpg")
-                (d / "._0.jpg").write_bytes(b"\0\5\26\7")  # AppleDouble junk: never a row
+            for folder in make_split(root / name / split, reals, fakes).iterdir():
+                (folder / "._real_0.png").write_bytes(b"\0\5\26\7")  # AppleDouble junk: never a row
 
 
 def test_joined_datasets_keep_their_splits_and_repeat_only_train(tmp_path):
@@ -256,7 +251,7 @@ def test_joined_datasets_keep_their_splits_and_repeat_only_train(tmp_path):
     assert len(train) == 5 + 3 * 2 and train.labels.count(1) == 3 + 3 * 1  # synthetic's train rows three times
     assert len(val) == 5 + 2 and val.labels.count(1) == 3 + 1  # val never repeated
     assert len(set(map(str, val.paths))) == len(val) and all(p.is_absolute() for p in val.paths)
-    assert "synthetic_dataset/val/fake/0.jpg" in val.sources
+    assert "synthetic_dataset/val/fake/fake_0.png" in val.sources
     assert not any(p.name.startswith(".") for p in train.paths)
     assert set(train.paths).isdisjoint(val.paths)  # nothing moves between splits
 
@@ -300,7 +295,7 @@ def test_framing_cost_reads_the_split_it_is_asked_for_and_names_its_output_after
     monkeypatch.setattr(framing_cost, "FaceDetector", Box)
     root = tmp_path / "data"
     _layout(root, {"fakes_dataset": (2, 3)})
-    Image.new("RGB", (8, 8)).save(root / "fakes_dataset" / "test" / "real" / "extra.jpg")  # test holds one face more
+    Image.new("RGB", (8, 8)).save(root / "fakes_dataset" / "test" / "real" / "extra.png")  # test holds one face more
     common = ["-d", "fakes_dataset", "--data-root", str(root), "--out-dir", str(tmp_path / "out")]
     val = framing_cost.main([*common, "--split", "val"])
     test = framing_cost.main(common)

@@ -63,7 +63,7 @@ def row_labels(checkpoints: list[Path]) -> list[str]:
     return names
 
 
-def real_far_threshold(detector: Detector, sets: list[tuple[Path, str]], args: argparse.Namespace, device) -> Threshold:
+def threshold_on_val_reals(detector: Detector, sets: list[tuple[Path, str]], args: argparse.Namespace, device) -> Threshold:
     """The threshold at --far on the val real faces of every dataset scored (each held to the rate), with its band:
     chosen where a threshold transfers, on real faces of more than one source, never on a test split."""
     reals = []
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for path, name in zip(args.checkpoints, names):
         detector = load_model_from_checkpoint(path, device)
-        shared = real_far_threshold(detector, sets, args, device) if args.threshold == "real-far" else detector.threshold
+        shared = threshold_on_val_reals(detector, sets, args, device) if args.threshold == "real-far" else detector.threshold
         for root, dataset in sets:
             threshold = target_threshold(detector, root, dataset, args, device) if args.threshold == "target-val" else shared
             test = load_dataset(dataset, "test", root, detector.image_size, args.limit, detector.normalization)
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                                                 not args.no_progress)
             test_set = f"{root.name}/{dataset}" if several_roots else dataset
             rows.append({"checkpoint": name, "model": detector.name, "test_set": test_set, "threshold": threshold.value,
-                         "threshold_source": threshold.source, "uncertain_band": None if threshold.band is None else list(threshold.band),
+                         "threshold_source": threshold.source, "uncertain_band": threshold.to_entry()["band"],
                          **detection_summary(labels, scores, threshold, args.bootstrap, args.seed)})
             atomic_write_json(args.out_dir / "cross_eval.json", rows)  # every cell kept as soon as it is scored
     said = {"checkpoint": "the one saved with each checkpoint", "target-val": "the EER on each test set's own val split",
