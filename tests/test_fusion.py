@@ -303,3 +303,17 @@ def test_framing_cost_reads_the_split_it_is_asked_for_and_names_its_output_after
     assert val["framing_margin_median"] == pytest.approx((8 / 4 - 1) / 2)
     assert json.loads((tmp_path / "out" / "framing_fakes_dataset_val.json").read_text())["images"] == 5
     assert json.loads((tmp_path / "out" / "framing_fakes_dataset.json").read_text())["images"] == 6
+
+
+@pytest.mark.parametrize("name, text", [("README.md", "# my notes\n"), ("card.json", '{"mine": 1}'), ("card.json", "not json")])
+def test_a_card_never_writes_over_a_users_readme_or_json(tmp_path, capsys, name, text):
+    import detector_card
+
+    (tmp_path / name).write_text(text)
+    with pytest.raises(SystemExit) as stop:
+        detector_card.main([str(tmp_path / "mine.pt"), "--data-root", str(tmp_path)])  # refused before anything is read
+    assert stop.value.code == 2 and "never written over" in capsys.readouterr().err
+    assert (tmp_path / name).read_text() == text
+    (tmp_path / "README.md").write_text(detector_card.CARD_HEADING + "old.fused.json\n")  # a card's own files: rewritten
+    (tmp_path / "card.json").write_text(json.dumps({"reference_scores": {}}))
+    detector_card.refuse_foreign_files(tmp_path)

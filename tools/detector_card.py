@@ -9,11 +9,13 @@ selected on val splits, the fusion and threshold fitted on val splits): AUC with
 the shipped threshold, the share of real faces called fake, the share called 'uncertain' and the accuracy on the
 others; for a fused detector each member's AUC alone too. Latency is measured on this machine's CPU (median of timed
 batches of random faces at the detector's size) in float32 and in bfloat16 autocast. The card's numbers come from
-card.json, which make_report shows.
+card.json, which make_report shows. A README.md or card.json in --out-dir that is not a card it wrote is never
+written over.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
 import time
@@ -22,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cli import add_batch_size_flag, add_data_flags, add_progress_flag, cli_main, positive_int, writable_dir
+from cli import UserError, add_batch_size_flag, add_data_flags, add_progress_flag, cli_main, positive_int, writable_dir
 from common import DATASETS, DEFAULT_SEED
 from detector import Detector, Scorer, file_sha256, load_model_from_checkpoint
 from faces_dataset import FacesDataset, dataset_dir, dataset_labels, evenly_spaced_subset
@@ -106,7 +108,7 @@ def files_of(detector: Detector) -> list[dict]:
 def card_markdown(card: dict) -> str:
     """The model card as Markdown (weights/README.md)."""
     t = card["threshold"]
-    lines = [f"# Model card: {card['file']}", "", card["summary"], "",
+    lines = [f"{CARD_HEADING}{card['file']}", "", card["summary"], "",
              "## Files", "", "| file | size | SHA-256 |", "|---|---|---|"]
     lines += [f"| {f['file']} | {f['bytes'] / 1e6:.2f} MB | `{f['sha256']}` |" for f in card["files"]]
     lines += ["", f"In all {sum(f['bytes'] for f in card['files']) / 1e6:.1f} MB.", "", "## What it is", ""]
@@ -151,10 +153,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+CARD_HEADING = "# Model card: "
+
+
+def refuse_foreign_files(out_dir: Path) -> None:
+    """A README.md or card.json there that is not a card this tool wrote belongs to the user: never written over."""
+    readme, card = out_dir / "README.md", out_dir / "card.json"
+    if readme.exists() and not readme.read_text(errors="replace").startswith(CARD_HEADING):
+        raise UserError(f"{readme} exists and is not a model card; it is never written over: pass another --out-dir")
+    if card.exists():
+        try:
+            ours = isinstance(entry := json.loads(card.read_text()), dict) and "reference_scores" in entry
+        except (ValueError, UnicodeDecodeError):
+            ours = False
+        if not ours:
+            raise UserError(f"{card} exists and is not a model card's; it is never written over: pass another --out-dir")
+
+
 @cli_main
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     out_dir = writable_dir(args.out_dir or args.detector.parent, "--out-dir")
+    refuse_foreign_files(out_dir)
     detector = load_model_from_checkpoint(args.detector)
     test, members_alone = {}, {}
     for dataset in DATASETS:
